@@ -1,0 +1,82 @@
+#pragma once
+// Weight normalisation and weight drop, forward and backward side by side.
+//   vd = v * M   (M: DropConnect mask on tap 0 only, scaled 1/(1-p); 1 elsewhere)
+//   w_r = g_r vd_r / ||vd_r||            (weight norm, per output row r, no epsilon)
+//   dg_r += <G_r, vd_r> / ||vd_r||
+//   dv_r += M * (g_r / ||vd_r||) (G_r - (<G_r, vd_r> / ||vd_r||^2) vd_r)
+// with G = dL/dw summed over every level that uses the kernel. Without weight norm
+// w = vd and dv += M * G.
+#include <Kokkos_Core.hpp>
+
+#include <trellis/detail/kokkos_compat.hpp>
+
+namespace trellis::detail {
+
+template <class Scalar, class MemorySpace>
+struct WeightNormArgs {
+  using matrices = Kokkos::View<Scalar***, Kokkos::LayoutRight, MemorySpace>;
+  using rows = Kokkos::View<Scalar**, Kokkos::LayoutRight, MemorySpace>;
+  matrices v;         // (kernels, rows, 2 * in): [tap 0 | tap 1]
+  rows g;             // (kernels, rows), empty without weight norm
+  matrices drop;      // (kernels, rows, in): mask on tap 0, empty when off
+  matrices w;         // (kernels, rows, 2 * in): the effective weight
+  rows norm;          // (kernels, rows): ||vd_r||
+};
+
+template <class Exec, class Scalar, class MemorySpace>
+void weight_norm_forward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a) {
+  auto const v = a.v, w = a.w, drop = a.drop;
+  auto const g = a.g, norm = a.norm;
+  int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
+  bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
+  Kokkos::parallel_for(
+      "trellis::weight_norm_forward",
+      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
+      KOKKOS_LAMBDA(long k, long r) {
+        Scalar sum = 0;
+        for (int col = 0; col < width; ++col) {
+          Scalar const vd = (dropped && col < in) ? v(k, r, col) * drop(k, r, col) : v(k, r, col);
+          w(k, r, col) = vd;
+          sum += vd * vd;
+        }
+        if (wnorm) {
+          Scalar const nrm = sqrt(sum);
+          norm(k, r) = nrm;
+          Scalar const scale = g(k, r) / nrm;
+          for (int col = 0; col < width; ++col) w(k, r, col) *= scale;
+        }
+      });
+}
+
+/// Accumulates into dv (and dg) from G = dw.
+template <class Exec, class Scalar, class MemorySpace>
+void weight_norm_backward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a,
+                          typename WeightNormArgs<Scalar, MemorySpace>::matrices const& dw,
+                          typename WeightNormArgs<Scalar, MemorySpace>::matrices const& dv,
+                          typename WeightNormArgs<Scalar, MemorySpace>::rows const& dg) {
+  auto const v = a.v, drop = a.drop;
+  auto const g = a.g, norm = a.norm;
+  int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
+  bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
+  Kokkos::parallel_for(
+      "trellis::weight_norm_backward",
+      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
+      KOKKOS_LAMBDA(long k, long r) {
+        auto mask = [&](int col) { return (dropped && col < in) ? drop(k, r, col) : Scalar(1); };
+        if (!wnorm) {
+          for (int col = 0; col < width; ++col) dv(k, r, col) += mask(col) * dw(k, r, col);
+          return;
+        }
+        Scalar const nrm = norm(k, r);
+        Scalar dot = 0;
+        for (int col = 0; col < width; ++col) dot += dw(k, r, col) * v(k, r, col) * mask(col);
+        dg(k, r) += dot / nrm;
+        Scalar const scale = g(k, r) / nrm, proj = dot / (nrm * nrm);
+        for (int col = 0; col < width; ++col) {
+          Scalar const vd = v(k, r, col) * mask(col);
+          dv(k, r, col) += mask(col) * scale * (dw(k, r, col) - proj * vd);
+        }
+      });
+}
+
+}  // namespace trellis::detail

@@ -1,0 +1,12 @@
+#pragma once
+// Umbrella header of trellis: Trellis Networks on Kokkos.
+#include <trellis/activation.hpp>
+#include <trellis/blas.hpp>
+#include <trellis/dropout.hpp>
+#include <trellis/errors.hpp>
+#include <trellis/parameters.hpp>
+#include <trellis/shape.hpp>
+#include <trellis/structure.hpp>
+#include <trellis/trellis_network.hpp>
+#include <trellis/version.hpp>
+#include <trellis/weight_tying.hpp>

@@ -1,0 +1,361 @@
+#pragma once
+// TrellisNetwork: the TrellisNet core (Bai, Kolter, Koltun, ICLR 2019), forward and
+// backward, on any Kokkos execution space.
+//
+// Shapes (every View LayoutRight, time-major, on the execution space's memory):
+//   x      (L, N, ninp)          input sequence
+//   h, c   (N, q)                carried state; q = nhid + nout
+//   out    (L, N, nout)          last nout channels of the top level's z
+//   aux    (naux, L, N, nout)    last nout channels of z at levels F, 2F, ...
+//
+// Per forward: the injection U = W1x x_{t-d} + W2x x_t once per distinct dilation
+// (once per level when untied), then per level one GEMM of the masked history
+// S = [m z~_{t-d} | m z~_t] with the hidden kernel and one fused kernel for bias,
+// gates (i, o, g, f), cell and output. Backward: per level one fused kernel and the
+// weight- and data-gradient GEMMs; the injection's GEMMs once per distinct dilation.
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <trellis/activation.hpp>
+#include <trellis/blas.hpp>
+#include <trellis/detail/level_kernels.hpp>
+#include <trellis/detail/weight_norm.hpp>
+#include <trellis/dropout.hpp>
+#include <trellis/errors.hpp>
+#include <trellis/parameters.hpp>
+#include <trellis/shape.hpp>
+#include <trellis/structure.hpp>
+#include <trellis/weight_tying.hpp>
+
+namespace trellis {
+
+/// What forward keeps for backward. Made and resized by forward; reuse one per
+/// network so that steady-state steps allocate nothing. Backward also reads the
+/// x, h0, c0 and masks that forward was given: keep them unchanged until then.
+template <class MemorySpace, class Scalar>
+struct TrellisCache {
+  using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, MemorySpace>;
+  using matrices = Kokkos::View<Scalar***, Kokkos::LayoutRight, MemorySpace>;
+  long length = 0, batch = 0;
+  // Inputs of the forward (handles, not copies).
+  Kokkos::View<Scalar const***, Kokkos::LayoutRight, MemorySpace> x;
+  Kokkos::View<Scalar const**, Kokkos::LayoutRight, MemorySpace> h0, c0;
+  TrellisMasks<MemorySpace, Scalar> masks;
+  // Effective weights of this forward (after weight drop and weight norm).
+  matrices weight1, weight2;   // like the parameters
+  matrix weight1_norm, weight2_norm;
+  // Per level: activated gates (n, R, G q) and cell (n, R, q).
+  matrices gates, cell;
+  // Injection U per slot (slots, R, G q); backward reuses it for dU.
+  matrices injection;
+  // Scratch.
+  matrix history, d_history;      // (R, 2q)
+  matrix stacked_input, d_stacked_input;  // (R, 2 ninp)
+  matrix d_gates;                 // (R, G q)
+  matrix d_cell_a, d_cell_b;      // (R, q)
+  matrices d_weight1, d_weight2;  // dL/dw of the effective weights
+  matrix ones;                    // (1, R): bias gradient as a GEMM
+};
+
+template <class ExecutionSpace, class Scalar, class WeightTying = TiedAcrossDepth,
+          class Structure = Dense, class Activation = LSTMGating>
+class TrellisNetwork {
+  static_assert(Kokkos::is_execution_space<ExecutionSpace>::value,
+                "trellis::TrellisNetwork: the first template argument is a Kokkos execution space");
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "trellis::TrellisNetwork: Scalar is float or double");
+  static_assert(is_weight_tying_v<WeightTying>,
+                "trellis::TrellisNetwork: WeightTying is TiedAcrossDepth or Untied");
+  static_assert(is_structure_v<Structure>, "trellis::TrellisNetwork: Structure is Dense");
+  static_assert(is_activation_v<Activation>,
+                "trellis::TrellisNetwork: Activation is LSTMGating, ElementwiseTanh or ElementwiseRelu");
+
+ public:
+  using execution_space = ExecutionSpace;
+  using memory_space = typename ExecutionSpace::memory_space;
+  using scalar_type = Scalar;
+  using weight_tying = WeightTying;
+  using structure = Structure;
+  using activation = Activation;
+  static constexpr int groups = Activation::groups;
+
+  using sequence_view = Kokkos::View<Scalar***, Kokkos::LayoutRight, memory_space>;
+  using const_sequence_view = Kokkos::View<Scalar const***, Kokkos::LayoutRight, memory_space>;
+  using state_view = Kokkos::View<Scalar**, Kokkos::LayoutRight, memory_space>;
+  using const_state_view = Kokkos::View<Scalar const**, Kokkos::LayoutRight, memory_space>;
+  using aux_view = Kokkos::View<Scalar****, Kokkos::LayoutRight, memory_space>;
+  using const_aux_view = Kokkos::View<Scalar const****, Kokkos::LayoutRight, memory_space>;
+  using parameters_type = TrellisParameters<memory_space, Scalar>;
+  using masks_type = TrellisMasks<memory_space, Scalar>;
+  using cache_type = TrellisCache<memory_space, Scalar>;
+
+  TrellisNetwork(ExecutionSpace const& space, TrellisShape shape, std::uint64_t seed = 20190506)
+      : shape_(std::move(shape)) {
+    shape_.validate("trellis::TrellisNetwork");
+    int const k = kernels();
+    params_ = parameters_type::zeros("trellis::TrellisNetwork::parameters", shape_, k, groups);
+    grads_ = parameters_type::zeros("trellis::TrellisNetwork::gradients", shape_, k, groups);
+    space.fence();
+    detail::initialize_parameters(params_, seed);
+    // Injection slots: one per distinct dilation when tied, one per level when untied.
+    for (int level = 0; level < shape_.nlevels; ++level) {
+      int const d = shape_.dilation_of(level);
+      int slot = -1;
+      if constexpr (WeightTying::tied) {
+        for (std::size_t s = 0; s < slot_dilation_.size(); ++s)
+          if (slot_dilation_[s] == d) slot = int(s);
+      }
+      if (slot < 0) {
+        slot = int(slot_dilation_.size());
+        slot_dilation_.push_back(d);
+        slot_kernel_.push_back(WeightTying::kernel_of(level));
+      }
+      level_slot_.push_back(slot);
+    }
+  }
+
+  TrellisShape const& shape() const { return shape_; }
+  int kernels() const { return WeightTying::kernels(shape_.nlevels); }
+  /// Number of injection GEMMs per forward (distinct dilations, or levels when untied).
+  int injection_slots() const { return int(slot_dilation_.size()); }
+  parameters_type& parameters() { return params_; }
+  parameters_type const& parameters() const { return params_; }
+  parameters_type& gradients() { return grads_; }
+  parameters_type const& gradients() const { return grads_; }
+  /// TF32 on CUDA for single precision (strict FP32 by default).
+  void set_math_mode(blas::MathMode mode) { math_ = mode; }
+  blas::MathMode math_mode() const { return math_; }
+
+  void zero_gradients(ExecutionSpace const& space) {
+    grads_.for_each([&](char const*, auto const& v) { Kokkos::deep_copy(space, v, Scalar(0)); });
+  }
+
+  /// Forward pass. Writes out, h_new, c_new and aux (aux may be empty when the network
+  /// has no aux outputs). `masks` empty: inference. Fills `cache` for backward.
+  void forward(ExecutionSpace const& space, const_sequence_view x, const_state_view h0,
+               const_state_view c0, sequence_view out, state_view h_new, state_view c_new,
+               aux_view aux, cache_type& cache, masks_type const& masks = {}) const {
+    char const* call = "trellis::TrellisNetwork::forward";
+    long const L = x.extent(0), N = x.extent(1), q = shape_.q();
+    if (L == 0 || N == 0)
+      detail::fail(call, ": x is ", detail::shape_of(x), "; length and batch must be >= 1");
+    detail::check_shape(call, "x", x, {L, N, shape_.ninp});
+    detail::check_shape(call, "h0", h0, {N, q});
+    detail::check_shape(call, "c0", c0, {N, q});
+    detail::check_shape(call, "out", out, {L, N, shape_.nout});
+    detail::check_shape(call, "h_new", h_new, {N, q});
+    detail::check_shape(call, "c_new", c_new, {N, q});
+    if (shape_.naux() > 0 || aux.extent(0) > 0)
+      detail::check_shape(call, "aux", aux, {shape_.naux(), L, N, shape_.nout});
+    check_masks(call, masks, N);
+    prepare_cache(space, cache, L, N);
+    cache.x = x;
+    cache.h0 = h0;
+    cache.c0 = c0;
+    cache.masks = masks;
+
+    detail::weight_norm_forward(space, weight_norm_args(1, cache));
+    detail::weight_norm_forward(space, weight_norm_args(2, cache));
+
+    for (int s = 0; s < injection_slots(); ++s) {
+      detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, x, slot_dilation_[s],
+                                                               cache.stacked_input);
+      blas::gemm(space, blas::Op::none, blas::Op::transpose, Scalar(1), cache.stacked_input,
+                 kernel(cache.weight1, slot_kernel_[s]), Scalar(0), slot(cache.injection, s), math_);
+    }
+
+    for (int level = 0; level < shape_.nlevels; ++level) {
+      auto a = level_args(cache, level);
+      if (level == 0) detail::first_history<ExecutionSpace, Scalar, memory_space>(space, a);
+      auto const rows = std::make_pair(0L, a.hidden_rows);
+      blas::gemm(space, blas::Op::none, blas::Op::transpose, Scalar(1),
+                 Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                 kernel(cache.weight2, WeightTying::kernel_of(level)), Scalar(0),
+                 Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+      a.out = out;
+      a.h_new = h_new;
+      a.c_new = c_new;
+      a.aux_out = aux;
+      detail::level_forward<Activation>(space, a);
+    }
+  }
+
+  /// Backward pass of the forward that filled `cache`. Accumulates into gradients()
+  /// and into dx (L, N, ninp), dh0 and dc0 (N, q); each of those may be empty when it
+  /// is not wanted. d_h_new, d_c_new and d_aux may be empty (zero gradient).
+  void backward(ExecutionSpace const& space, cache_type& cache, const_sequence_view d_out,
+                const_state_view d_h_new, const_state_view d_c_new, const_aux_view d_aux,
+                sequence_view dx, state_view dh0, state_view dc0) {
+    char const* call = "trellis::TrellisNetwork::backward";
+    long const L = cache.length, N = cache.batch, q = shape_.q();
+    if (L == 0 || cache.gates.extent(0) == 0)
+      detail::fail(call, ": the cache holds no forward pass");
+    detail::check_shape(call, "d_out", d_out, {L, N, shape_.nout});
+    if (d_h_new.extent(0) > 0) detail::check_shape(call, "d_h_new", d_h_new, {N, q});
+    if (d_c_new.extent(0) > 0) detail::check_shape(call, "d_c_new", d_c_new, {N, q});
+    if (d_aux.extent(0) > 0)
+      detail::check_shape(call, "d_aux", d_aux, {shape_.naux(), L, N, shape_.nout});
+    bool const want_dx = dx.extent(0) > 0, want_dh0 = dh0.extent(0) > 0, want_dc0 = dc0.extent(0) > 0;
+    if (want_dx) detail::check_shape(call, "dx", dx, {L, N, shape_.ninp});
+    if (want_dh0) detail::check_shape(call, "dh0", dh0, {N, q});
+    if (want_dc0) detail::check_shape(call, "dc0", dc0, {N, q});
+
+    Kokkos::deep_copy(space, cache.d_weight1, Scalar(0));
+    Kokkos::deep_copy(space, cache.d_weight2, Scalar(0));
+    Kokkos::deep_copy(space, cache.injection, Scalar(0));  // becomes dU
+
+    detail::LevelGradArgs<Scalar, memory_space> g;
+    g.d_out = d_out;
+    g.d_h_new = d_h_new;
+    g.d_c_new = d_c_new;
+    g.d_aux = d_aux;
+    g.d_history = cache.d_history;
+    g.d_gates = cache.d_gates;
+    auto dc_above = cache.d_cell_a, dc_down = cache.d_cell_b;
+    for (int level = shape_.nlevels - 1; level >= 0; --level) {
+      auto a = level_args(cache, level);
+      g.d_cell_above = dc_above;
+      g.d_cell_down = dc_down;
+      g.d_injection = slot(cache.injection, level_slot_[level]);
+      detail::level_backward<Activation>(space, a, g);
+      auto const rows = std::make_pair(0L, a.hidden_rows);
+      auto const dA = Kokkos::subview(cache.d_gates, rows, Kokkos::ALL);
+      int const k = WeightTying::kernel_of(level);
+      // dW += dA^T S (level 1: only the rows t < d carry history).
+      blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dA,
+                 Kokkos::subview(cache.history, rows, Kokkos::ALL), Scalar(1),
+                 kernel(cache.d_weight2, k), math_);
+      // dS = dA W (level 1: only the rows that reach h0).
+      blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dA, kernel(cache.weight2, k),
+                 Scalar(0), Kokkos::subview(cache.d_history, rows, Kokkos::ALL), math_);
+      if (want_dh0 || want_dc0)
+        detail::history_backward<Activation, ExecutionSpace, Scalar, memory_space>(
+            space, a, cache.d_history, dc_down, dh0, dc0);
+      std::swap(dc_above, dc_down);
+    }
+
+    for (int s = 0; s < injection_slots(); ++s) {
+      auto const dU = slot(cache.injection, s);
+      int const k = slot_kernel_[s];
+      detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
+                                                               cache.stacked_input);
+      blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dU, cache.stacked_input,
+                 Scalar(1), kernel(cache.d_weight1, k), math_);
+      blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), cache.ones, dU, Scalar(1),
+                 Kokkos::subview(grads_.bias2, std::make_pair(k, k + 1), Kokkos::ALL), math_);
+      if (want_dx) {
+        blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dU,
+                   kernel(cache.weight1, k), Scalar(0), cache.d_stacked_input, math_);
+        detail::unstack_input_gradient<ExecutionSpace, Scalar, memory_space>(
+            space, cache.d_stacked_input, slot_dilation_[s], dx);
+      }
+    }
+
+    detail::weight_norm_backward(space, weight_norm_args(1, cache), cache.d_weight1,
+                                 grads_.weight1, grads_.weight1_g);
+    detail::weight_norm_backward(space, weight_norm_args(2, cache), cache.d_weight2,
+                                 grads_.weight2, grads_.weight2_g);
+  }
+
+ private:
+  using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, memory_space>;
+  using matrices = Kokkos::View<Scalar***, Kokkos::LayoutRight, memory_space>;
+
+  static auto kernel(matrices const& m, int k) { return Kokkos::subview(m, k, Kokkos::ALL, Kokkos::ALL); }
+  static auto slot(matrices const& m, int s) { return Kokkos::subview(m, s, Kokkos::ALL, Kokkos::ALL); }
+
+  void check_masks(char const* call, masks_type const& m, long N) const {
+    long const rows = long(groups) * shape_.q();
+    if (m.hidden.extent(0) > 0) detail::check_shape(call, "masks.hidden", m.hidden, {N, shape_.q()});
+    if (m.weight1_drop.extent(0) > 0)
+      detail::check_shape(call, "masks.weight1_drop", m.weight1_drop, {kernels(), rows, shape_.ninp});
+    if (m.weight2_drop.extent(0) > 0)
+      detail::check_shape(call, "masks.weight2_drop", m.weight2_drop, {kernels(), rows, shape_.q()});
+  }
+
+  void prepare_cache(ExecutionSpace const& space, cache_type& c, long L, long N) const {
+    long const q = shape_.q(), p = shape_.ninp, G = groups, R = L * N;
+    int const k = kernels();
+    auto alloc = [&](char const* name) {
+      return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
+    };
+    if (c.weight1.extent(0) != std::size_t(k) || c.weight1.extent(2) != std::size_t(2 * p) ||
+        c.weight2.extent(2) != std::size_t(2 * q) || c.weight2.extent(1) != std::size_t(G * q)) {
+      c.weight1 = matrices(alloc("weight1"), k, G * q, 2 * p);
+      c.weight2 = matrices(alloc("weight2"), k, G * q, 2 * q);
+      c.d_weight1 = matrices(alloc("d_weight1"), k, G * q, 2 * p);
+      c.d_weight2 = matrices(alloc("d_weight2"), k, G * q, 2 * q);
+      c.weight1_norm = matrix(alloc("weight1_norm"), k, G * q);
+      c.weight2_norm = matrix(alloc("weight2_norm"), k, G * q);
+      c.length = 0;
+    }
+    if (c.length == L && c.batch == N && c.gates.extent(0) == std::size_t(shape_.nlevels)) return;
+    c.length = L;
+    c.batch = N;
+    c.gates = matrices(alloc("gates"), shape_.nlevels, R, G * q);
+    c.cell = matrices(alloc("cell"), Activation::has_cell ? shape_.nlevels : 0, R, q);
+    c.injection = matrices(alloc("injection"), injection_slots(), R, G * q);
+    c.history = matrix(alloc("history"), R, 2 * q);
+    c.d_history = matrix(alloc("d_history"), R, 2 * q);
+    c.stacked_input = matrix(alloc("stacked_input"), R, 2 * p);
+    c.d_stacked_input = matrix(alloc("d_stacked_input"), R, 2 * p);
+    c.d_gates = matrix(alloc("d_gates"), R, G * q);
+    c.d_cell_a = matrix(alloc("d_cell_a"), Activation::has_cell ? R : 0, q);
+    c.d_cell_b = matrix(alloc("d_cell_b"), Activation::has_cell ? R : 0, q);
+    c.ones = matrix(alloc("ones"), 1, R);
+    Kokkos::deep_copy(space, c.ones, Scalar(1));
+  }
+
+  detail::WeightNormArgs<Scalar, memory_space> weight_norm_args(int which, cache_type const& c) const {
+    detail::WeightNormArgs<Scalar, memory_space> a;
+    a.v = which == 1 ? params_.weight1 : params_.weight2;
+    a.g = which == 1 ? params_.weight1_g : params_.weight2_g;
+    a.drop = which == 1 ? c.masks.weight1_drop : c.masks.weight2_drop;
+    a.w = which == 1 ? c.weight1 : c.weight2;
+    a.norm = which == 1 ? c.weight1_norm : c.weight2_norm;
+    return a;
+  }
+
+  detail::LevelArgs<Scalar, memory_space> level_args(cache_type const& c, int level) const {
+    detail::LevelArgs<Scalar, memory_space> a;
+    int const n = shape_.nlevels;
+    a.L = c.length;
+    a.N = c.batch;
+    a.q = shape_.q();
+    a.nout = shape_.nout;
+    a.d = shape_.dilation_of(level);
+    a.d_next = level + 1 < n ? shape_.dilation_of(level + 1) : 1;
+    a.d_above = a.d_next;
+    a.first = level == 0;
+    a.top = level == n - 1;
+    a.hidden_rows = level == 0 ? std::min<long>(a.d, a.L) * a.N : a.L * a.N;
+    a.aux = shape_.aux_index(level);
+    a.gates = Kokkos::subview(c.gates, level, Kokkos::ALL, Kokkos::ALL);
+    if constexpr (Activation::has_cell) {
+      a.cell = Kokkos::subview(c.cell, level, Kokkos::ALL, Kokkos::ALL);
+      if (level > 0) a.cell_below = Kokkos::subview(c.cell, level - 1, Kokkos::ALL, Kokkos::ALL);
+    }
+    if (level > 0) a.gates_below = Kokkos::subview(c.gates, level - 1, Kokkos::ALL, Kokkos::ALL);
+    a.injection = slot(c.injection, level_slot_[level]);
+    a.bias = Kokkos::subview(params_.bias2, WeightTying::kernel_of(level), Kokkos::ALL);
+    a.h0 = c.h0;
+    a.c0 = c.c0;
+    a.mask = c.masks.hidden;
+    a.history = c.history;
+    return a;
+  }
+
+  TrellisShape shape_;
+  parameters_type params_, grads_;
+  std::vector<int> slot_dilation_, slot_kernel_, level_slot_;
+  blas::MathMode math_ = blas::MathMode::strict;
+};
+
+}  // namespace trellis

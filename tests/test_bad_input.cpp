@@ -1,0 +1,92 @@
+// Bad input is an exception that names the call and the shapes, never a crash.
+#include <doctest/doctest.h>
+
+#include <trellis/trellis.hpp>
+
+#include "helpers.hpp"
+
+namespace {
+
+trellis::TrellisShape small_shape() {
+  trellis::TrellisShape s;
+  s.ninp = 3;
+  s.nhid = 4;
+  s.nout = 2;
+  s.nlevels = 2;
+  s.aux_frequency = 1;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("bad configurations and shapes are clear errors", Exec, bad_input) {
+  Exec space;
+  using Net = trellis::TrellisNetwork<Exec, double>;
+  SUBCASE("a dilation cycle with a zero") {
+    auto s = small_shape();
+    s.dilation = {1, 0};
+    CHECK_THROWS_WITH_AS(Net(space, s), doctest::Contains("dilation cycle holds 0"),
+                         trellis::invalid_argument);
+  }
+  SUBCASE("an empty dilation cycle and nonsense widths") {
+    auto s = small_shape();
+    s.dilation = {};
+    CHECK_THROWS_AS(Net(space, s), trellis::invalid_argument);
+    s = small_shape();
+    s.nout = 0;
+    CHECK_THROWS_WITH_AS(Net(space, s), doctest::Contains("trellis::TrellisNetwork: need"),
+                         trellis::invalid_argument);
+  }
+  Net net(space, small_shape());
+  long const L = 4, N = 2, q = 6;
+  typename Net::sequence_view x("x", L, N, 3), out("out", L, N, 2);
+  typename Net::state_view h("h", N, q), c("c", N, q), hn("hn", N, q), cn("cn", N, q);
+  typename Net::aux_view aux("aux", 2, L, N, 2);
+  typename Net::cache_type cache;
+  SUBCASE("mismatched input width") {
+    typename Net::sequence_view bad("bad", L, N, 4);
+    CHECK_THROWS_WITH_AS(net.forward(space, bad, h, c, out, hn, cn, aux, cache),
+                         doctest::Contains("trellis::TrellisNetwork::forward: x is (4, 2, 4), expected (4, 2, 3)"),
+                         trellis::invalid_argument);
+  }
+  SUBCASE("zero length") {
+    typename Net::sequence_view empty("empty", 0, N, 3);
+    CHECK_THROWS_WITH_AS(net.forward(space, empty, h, c, out, hn, cn, aux, cache),
+                         doctest::Contains("length and batch must be >= 1"), trellis::invalid_argument);
+  }
+  SUBCASE("state of the wrong batch") {
+    typename Net::state_view bad("bad", N + 1, q);
+    CHECK_THROWS_WITH_AS(net.forward(space, x, bad, c, out, hn, cn, aux, cache),
+                         doctest::Contains("h0 is (3, 6), expected (2, 6)"), trellis::invalid_argument);
+  }
+  SUBCASE("aux outputs of the wrong count") {
+    typename Net::aux_view bad("bad", 1, L, N, 2);
+    CHECK_THROWS_WITH_AS(net.forward(space, x, h, c, out, hn, cn, bad, cache),
+                         doctest::Contains("aux is (1, 4, 2, 2), expected (2, 4, 2, 2)"),
+                         trellis::invalid_argument);
+  }
+  SUBCASE("a hidden mask of the wrong shape") {
+    typename Net::masks_type masks;
+    masks.hidden = typename Net::masks_type::rows("m", N, q + 1);
+    CHECK_THROWS_WITH_AS(net.forward(space, x, h, c, out, hn, cn, aux, cache, masks),
+                         doctest::Contains("masks.hidden is (2, 7)"), trellis::invalid_argument);
+  }
+  SUBCASE("backward before forward, and with a wrong gradient") {
+    typename Net::cache_type fresh;
+    CHECK_THROWS_WITH_AS(net.backward(space, fresh, out, {}, {}, {}, x, h, c),
+                         doctest::Contains("backward: the cache holds no forward pass"),
+                         trellis::invalid_argument);
+    net.forward(space, x, h, c, out, hn, cn, aux, cache);
+    typename Net::sequence_view bad("bad", L + 1, N, 2);
+    CHECK_THROWS_WITH_AS(net.backward(space, cache, bad, {}, {}, {}, x, h, c),
+                         doctest::Contains("d_out is (5, 2, 2), expected (4, 2, 2)"),
+                         trellis::invalid_argument);
+  }
+}
+
+// Type misuse is a compile-time error; these are the traits behind those static_asserts.
+static_assert(trellis::is_weight_tying_v<trellis::Untied>);
+static_assert(!trellis::is_weight_tying_v<trellis::Dense>);
+static_assert(!trellis::is_activation_v<int>);
+
+TEST_CASE_TEMPLATE_APPLY(bad_input, trellis::test::Backends);
