@@ -1,1 +1,25 @@
+// Benchmark main: Kokkos initialised once, its configuration in the benchmark context.
+#include <benchmark/benchmark.h>
 
+#include <Kokkos_Core.hpp>
+
+#include <string>
+
+#include <trellis/version.hpp>
+
+void register_trellis_benchmarks();
+
+int main(int argc, char** argv) {
+  Kokkos::ScopeGuard guard(argc, argv);
+  using Exec = Kokkos::DefaultExecutionSpace;
+  benchmark::AddCustomContext("trellis", trellis::version_string);
+  benchmark::AddCustomContext("kokkos_version", std::to_string(KOKKOS_VERSION));
+  benchmark::AddCustomContext("execution_space", Exec::name());
+  benchmark::AddCustomContext("concurrency", std::to_string(Exec().concurrency()));
+  register_trellis_benchmarks();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

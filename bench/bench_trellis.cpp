@@ -1,1 +1,210 @@
+// Forward and train step of the TrellisNet core on the configurations of
+// BENCHMARKS.md, with the bare GEMMs of the same step timed alone (the ceiling) and
+// the ratio of the two. "Train step" is forward + backward of mean(out^2).
+#include <benchmark/benchmark.h>
 
+#include <Kokkos_Core.hpp>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <trellis/trellis.hpp>
+
+namespace {
+
+using Exec = Kokkos::DefaultExecutionSpace;
+using Scalar = float;
+using Net = trellis::TrellisNetwork<Exec, Scalar>;
+using Matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, Exec::memory_space>;
+
+struct Config {
+  char const* name;
+  long N, L;
+  int ninp, nhid, nout, nlevels;
+  std::vector<int> dilation;
+  bool cpu, gpu;
+  int repetitions;
+};
+
+std::vector<Config> configs() {
+  std::vector<int> mnist_dil{1, 1};
+  for (int d = 2; d <= 512; d *= 2) mnist_dil.push_back(d);
+  mnist_dil.resize(11);
+  return {
+      {"tiny", 4, 32, 8, 24, 8, 6, {1}, true, true, 5},
+      {"seqmnist", 64, 784, 1, 120, 10, 11, mnist_dil, true, true, 3},
+      {"charptb-cpu", 24, 140, 200, 1050, 200, 4, {1}, true, false, 3},
+      {"charptb", 24, 140, 200, 1050, 200, 140, {1}, false, true, 5},
+      {"wordptb", 16, 110, 400, 1000, 400, 58, {1}, false, true, 5},
+  };
+}
+
+trellis::TrellisShape shape_of(Config const& c) {
+  trellis::TrellisShape s;
+  s.ninp = c.ninp;
+  s.nhid = c.nhid;
+  s.nout = c.nout;
+  s.nlevels = c.nlevels;
+  s.dilation = c.dilation;
+  s.weight_norm = true;
+  return s;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
+}
+
+/// The bare GEMMs of one step at the same shapes, each alone: the ceiling.
+struct GemmCeiling {
+  Matrix S, W, A, X, W1, U, dA, dS, dW, dX, dW1;
+  long R, q, p, G = 4;
+  int slots, levels;
+  explicit GemmCeiling(Config const& c, int injection_slots)
+      : R(c.N * c.L), q(c.nhid + c.nout), p(c.ninp), slots(injection_slots), levels(c.nlevels) {
+    S = Matrix("S", R, 2 * q);
+    W = Matrix("W", G * q, 2 * q);
+    A = Matrix("A", R, G * q);
+    X = Matrix("X", R, 2 * p);
+    W1 = Matrix("W1", G * q, 2 * p);
+    U = Matrix("U", R, G * q);
+    dA = Matrix("dA", R, G * q);
+    dS = Matrix("dS", R, 2 * q);
+    dW = Matrix("dW", G * q, 2 * q);
+    dX = Matrix("dX", R, 2 * p);
+    dW1 = Matrix("dW1", G * q, 2 * p);
+    Kokkos::deep_copy(S, 0.01f);
+    Kokkos::deep_copy(W, 0.01f);
+    Kokkos::deep_copy(X, 0.01f);
+    Kokkos::deep_copy(W1, 0.01f);
+    Kokkos::deep_copy(dA, 0.01f);
+  }
+  void forward(Exec const& space) const {
+    using trellis::blas::Op;
+    for (int s = 0; s < slots; ++s) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, X, W1, 0.0f, U);
+    for (int l = 0; l < levels; ++l) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A);
+  }
+  void backward(Exec const& space) const {
+    using trellis::blas::Op;
+    for (int l = 0; l < levels; ++l) {
+      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW);
+      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS);
+    }
+    for (int s = 0; s < slots; ++s) {
+      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, U, X, 1.0f, dW1);
+      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, U, W1, 0.0f, dX);
+    }
+  }
+  /// Median seconds of `reps` runs of the forward (and backward) GEMM list.
+  double time(Exec const& space, bool train, int reps) const {
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) {
+      space.fence();
+      auto t0 = std::chrono::steady_clock::now();
+      forward(space);
+      if (train) backward(space);
+      space.fence();
+      t.push_back(seconds_since(t0));
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+void run_step(benchmark::State& state, Config const& c, bool train, trellis::blas::MathMode mode) {
+  Exec space;
+  auto const s = shape_of(c);
+  Net net(space, s);
+  net.set_math_mode(mode);
+  long const L = c.L, N = c.N, q = s.q();
+  Net::sequence_view x("x", L, N, s.ninp), out("out", L, N, s.nout), d_out("d_out", L, N, s.nout);
+  Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), cn("c", N, q);
+  Net::aux_view aux;
+  Net::cache_type cache;
+  {
+    auto hx = Kokkos::create_mirror_view(x);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0, 1);
+    for (std::size_t i = 0; i < hx.span(); ++i) hx.data()[i] = normal(rng);
+    Kokkos::deep_copy(x, hx);
+  }
+  Scalar const scale = Scalar(2.0 / double(out.span()));
+  auto step = [&] {
+    net.forward(space, x, h0, c0, out, h, cn, aux, cache);
+    if (train) {
+      auto const o = out;
+      auto const dout = d_out;
+      Kokkos::parallel_for("bench::d_mean_square", Kokkos::RangePolicy<Exec>(space, 0, out.span()),
+                           KOKKOS_LAMBDA(long i) { dout.data()[i] = scale * o.data()[i]; });
+      net.zero_gradients(space);
+      net.backward(space, cache, d_out, {}, {}, {}, {}, {}, {});
+    }
+  };
+  step();  // warm up: allocates the cache
+  std::vector<double> times;
+  for (auto _ : state) {
+    space.fence();
+    auto t0 = std::chrono::steady_clock::now();
+    step();
+    space.fence();
+    times.push_back(seconds_since(t0));
+    state.SetIterationTime(times.back());
+  }
+  std::sort(times.begin(), times.end());
+  GemmCeiling ceiling(c, net.injection_slots());
+  double const gemm_s = ceiling.time(space, train, 3);
+  double const flops_fwd = 16.0 * N * L * q * q * c.nlevels + 2.0 * N * L * 2 * s.ninp * 4 * q * net.injection_slots();
+  double const flops = train ? 3 * flops_fwd : flops_fwd;
+  state.counters["tokens/s"] = benchmark::Counter(double(N * L), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["gemm_ms"] = gemm_s * 1e3;
+  state.counters["ratio_to_gemm"] = times[times.size() / 2] / gemm_s;
+  state.counters["peak_rss_MiB"] = peak_rss_mib();
+}
+
+void run_level_gemm(benchmark::State& state, Config const& c, trellis::blas::MathMode mode) {
+  Exec space;
+  GemmCeiling g(c, 1);
+  for (auto _ : state) {
+    space.fence();
+    auto t0 = std::chrono::steady_clock::now();
+    trellis::blas::gemm(space, trellis::blas::Op::none, trellis::blas::Op::transpose, 1.0f, g.S, g.W, 0.0f, g.A, mode);
+    space.fence();
+    state.SetIterationTime(seconds_since(t0));
+  }
+  double const flops = 2.0 * g.R * 2 * g.q * 4 * g.q;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+void register_trellis_benchmarks() {
+  bool const gpu = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, Exec::memory_space>::accessible;
+  for (auto const& c : configs()) {
+    if (gpu ? !c.gpu : !c.cpu) continue;
+    std::vector<std::pair<std::string, trellis::blas::MathMode>> modes{{"", trellis::blas::MathMode::strict}};
+    if (gpu) modes = {{"/tf32", trellis::blas::MathMode::tf32}, {"/fp32", trellis::blas::MathMode::strict}};
+    for (auto const& [suffix, mode] : modes) {
+      auto configure = [&](benchmark::internal::Benchmark* b) {
+        b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(c.repetitions)->ReportAggregatesOnly(true);
+        if (c.repetitions <= 3) b->Iterations(1);
+      };
+      configure(benchmark::RegisterBenchmark((std::string("forward/") + c.name + suffix).c_str(),
+                                             [c, mode = mode](benchmark::State& st) { run_step(st, c, false, mode); }));
+      configure(benchmark::RegisterBenchmark((std::string("train_step/") + c.name + suffix).c_str(),
+                                             [c, mode = mode](benchmark::State& st) { run_step(st, c, true, mode); }));
+      configure(benchmark::RegisterBenchmark((std::string("level_gemm/") + c.name + suffix).c_str(),
+                                             [c, mode = mode](benchmark::State& st) { run_level_gemm(st, c, mode); }));
+    }
+  }
+}

@@ -43,4 +43,10 @@ message(STATUS "Trellis: Kokkos ${Kokkos_VERSION} (${Kokkos_DIR}), backends: ${_
 find_package(Eigen3 3.4 REQUIRED NO_MODULE)
 if(Trellis_KOKKOS_HAS_CUDA)
   find_package(CUDAToolkit REQUIRED)
+  option(Trellis_CUDART_STATIC "Link the CUDA runtime statically (binaries carried to a GPU machine)" OFF)
+  if(Trellis_CUDART_STATIC AND TARGET Kokkos::CUDA)
+    # Kokkos links the shared runtime; a carried binary should need only the driver.
+    set_target_properties(Kokkos::CUDA PROPERTIES
+      INTERFACE_LINK_LIBRARIES "CUDA::cuda_driver;CUDA::cudart_static")
+  endif()
 endif()
