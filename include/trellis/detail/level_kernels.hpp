@@ -129,6 +129,8 @@ void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
       "trellis::level_forward",
       Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, q}),
       KOKKOS_LAMBDA(long r, long j) {
+        // nvcc: a lambda must not capture a variable first inside `if constexpr`.
+        (void)cell, (void)cell_below, (void)c0, (void)c_new, (void)gates, (void)q, (void)d, (void)first;
         long const t = r / N, n = r % N;
         bool const has_hidden = r < hidden_rows;
         auto pre = [&](long row) {
@@ -206,6 +208,9 @@ void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
       "trellis::level_backward",
       Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, q}),
       KOKKOS_LAMBDA(long r, long j) {
+        // nvcc: a lambda must not capture a variable first inside `if constexpr`.
+        (void)cell, (void)c0, (void)d_c_new, (void)dc_above, (void)dc_down, (void)has_dc, (void)gates,
+            (void)d, (void)first, (void)cell_below, (void)dA, (void)dU;
         long const t = r / N, n = r % N;
         Scalar const m = masked ? mask(n, j) : Scalar(1);
         // dL/dz of this level at t.
@@ -279,6 +284,7 @@ void history_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a
       "trellis::history_backward",
       Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {N, a.q}),
       KOKKOS_LAMBDA(long n, long j) {
+        (void)dc_down, (void)dc0, (void)want_c;  // nvcc: no first capture in `if constexpr`
         Scalar sh = 0, sc = 0;
         for (long t = 0; t < steps; ++t) {
           sh += dS(t * N + n, j);
