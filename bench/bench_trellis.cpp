@@ -105,6 +105,24 @@ struct GemmCeiling {
       trellis::blas::gemm(space, Op::none, Op::none, 1.0f, U, W1, 0.0f, dX);
     }
   }
+  /// Median seconds of one level's GEMMs alone (forward, and backward when training).
+  double level_time(Exec const& space, bool train, int reps) const {
+    using trellis::blas::Op;
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) {
+      space.fence();
+      auto t0 = std::chrono::steady_clock::now();
+      trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A);
+      if (train) {
+        trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW);
+        trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS);
+      }
+      space.fence();
+      t.push_back(seconds_since(t0));
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
   /// Median seconds of `reps` runs of the forward (and backward) GEMM list.
   double time(Exec const& space, bool train, int reps) const {
     std::vector<double> t;
@@ -163,12 +181,18 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
   std::sort(times.begin(), times.end());
   GemmCeiling ceiling(c, net.injection_slots());
   double const gemm_s = ceiling.time(space, train, 3);
+  double const level_gemm_s = ceiling.level_time(space, train, 5);
   double const flops_fwd = 16.0 * N * L * q * q * c.nlevels + 2.0 * N * L * 2 * s.ninp * 4 * q * net.injection_slots();
   double const flops = train ? 3 * flops_fwd : flops_fwd;
   state.counters["tokens/s"] = benchmark::Counter(double(N * L), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["gemm_ms"] = gemm_s * 1e3;
-  state.counters["ratio_to_gemm"] = times[times.size() / 2] / gemm_s;
+  double const median_s = times[times.size() / 2];
+  state.counters["ratio_to_gemm"] = median_s / gemm_s;
+  // One level: the step's time per level against that level's bare GEMM(s).
+  state.counters["level_ms"] = median_s / c.nlevels * 1e3;
+  state.counters["level_gemm_ms"] = level_gemm_s * 1e3;
+  state.counters["level_ratio"] = median_s / c.nlevels / level_gemm_s;
   state.counters["peak_rss_MiB"] = peak_rss_mib();
 }
 

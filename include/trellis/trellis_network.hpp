@@ -62,6 +62,7 @@ struct TrellisCache {
   matrix d_cell_a, d_cell_b;      // (R, q)
   matrices d_weight1, d_weight2;  // dL/dw of the effective weights
   matrix ones;                    // (1, R): bias gradient as a GEMM
+  Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_row, unit_row;  // (q)
 };
 
 template <class ExecutionSpace, class Scalar, class WeightTying = TiedAcrossDepth,
@@ -179,6 +180,10 @@ class TrellisNetwork {
                  Kokkos::subview(cache.history, rows, Kokkos::ALL),
                  kernel(cache.weight2, WeightTying::kernel_of(level)), Scalar(0),
                  Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+      // Level 1's history is zero past t = d: those rows of S W^T are zero.
+      if (a.hidden_rows < L * N)
+        Kokkos::deep_copy(space, Kokkos::subview(a.gates, std::make_pair(a.hidden_rows, L * N), Kokkos::ALL),
+                          Scalar(0));
       a.out = out;
       a.h_new = h_new;
       a.c_new = c_new;
@@ -311,6 +316,10 @@ class TrellisNetwork {
     c.d_cell_b = matrix(alloc("d_cell_b"), Activation::has_cell ? R : 0, q);
     c.ones = matrix(alloc("ones"), 1, R);
     Kokkos::deep_copy(space, c.ones, Scalar(1));
+    c.zero_row = decltype(c.zero_row)(alloc("zero_row"), q);
+    c.unit_row = decltype(c.unit_row)(alloc("unit_row"), q);
+    Kokkos::deep_copy(space, c.zero_row, Scalar(0));
+    Kokkos::deep_copy(space, c.unit_row, Scalar(1));
   }
 
   detail::WeightNormArgs<Scalar, memory_space> weight_norm_args(int which, cache_type const& c) const {
@@ -349,6 +358,8 @@ class TrellisNetwork {
     a.c0 = c.c0;
     a.mask = c.masks.hidden;
     a.history = c.history;
+    a.zero_row = c.zero_row;
+    a.unit_row = c.unit_row;
     return a;
   }
 

@@ -3,6 +3,7 @@
 // obviously right; it is the tests' reference and the fallback of every backend.
 #include <Kokkos_Core.hpp>
 
+#include <trellis/detail/kokkos_compat.hpp>
 #include <trellis/detail/matrix_ref.hpp>
 
 namespace trellis::detail {
@@ -16,7 +17,7 @@ void gemm_impl(PortableGemm, Exec const& space, bool trans_a, bool trans_b, Scal
   if (c.rows == 0 || c.cols == 0) return;
   Kokkos::parallel_for(
       "trellis::blas::gemm_portable",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0},
+      Grid2<Exec>(space, {0, 0},
                                                     {(long)c.rows, (long)c.cols}),
       KOKKOS_LAMBDA(long i, long j) {
         Scalar sum = 0;

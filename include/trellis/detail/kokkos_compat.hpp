@@ -21,3 +21,22 @@ KOKKOS_INLINE_FUNCTION Scalar sigmoid(Scalar a) {
 }
 
 }  // namespace trellis::detail
+
+/// Before a host loop whose iterations are independent: lets the compiler vectorise
+/// without run-time alias checks (too many of them make it give up).
+#if defined(__clang__) && !defined(__CUDA_ARCH__)
+#define TRELLIS_PRAGMA_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__) && !defined(__NVCC__) && !defined(__CUDA_ARCH__)
+#define TRELLIS_PRAGMA_IVDEP _Pragma("GCC ivdep")
+#else
+#define TRELLIS_PRAGMA_IVDEP
+#endif
+
+namespace trellis::detail {
+
+/// A 2-D index range whose second index is the fastest: consecutive GPU threads touch
+/// consecutive columns of row-major Views (the default for Cuda would be the first).
+template <class Exec>
+using Grid2 = Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2, Kokkos::Iterate::Right, Kokkos::Iterate::Right>>;
+
+}  // namespace trellis::detail

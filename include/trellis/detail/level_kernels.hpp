@@ -9,6 +9,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <trellis/activation.hpp>
+#include <trellis/detail/fast_math.hpp>
 #include <trellis/detail/kokkos_compat.hpp>
 
 namespace trellis::detail {
@@ -31,7 +32,7 @@ void stack_input(Exec const& space, typename LevelViews<Scalar, MemorySpace>::cs
   long const L = x.extent(0), N = x.extent(1), p = x.extent(2);
   Kokkos::parallel_for(
       "trellis::stack_input",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, p}),
+      Grid2<Exec>(space, {0, 0}, {L * N, p}),
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         xs(r, j) = t >= d ? x(t - d, n, j) : Scalar(0);
@@ -46,7 +47,7 @@ void unstack_input_gradient(Exec const& space, typename LevelViews<Scalar, Memor
   long const L = dx.extent(0), N = dx.extent(1), p = dx.extent(2);
   Kokkos::parallel_for(
       "trellis::unstack_input_gradient",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, p}),
+      Grid2<Exec>(space, {0, 0}, {L * N, p}),
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         Scalar sum = dxs(r, p + j);
@@ -79,6 +80,8 @@ struct LevelArgs {
   typename V::sequence out;        // (L, N, nout), top level
   typename V::matrix h_new, c_new; // (N, q), top level
   typename V::aux4 aux_out;        // (naux, L, N, nout)
+  typename V::vector zero_row;     // (q) zeros, unit_row (q) ones: they stand in for an
+  typename V::vector unit_row;     // absent cell or mask so that row loops stay branch-free
 };
 
 /// Level 1's history: S = [m * h0 for t < d, else 0 | 0].
@@ -90,7 +93,7 @@ void first_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   bool const masked = mask.extent(0) > 0;
   Kokkos::parallel_for(
       "trellis::first_history",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {a.L * N, q}),
+      Grid2<Exec>(space, {0, 0}, {a.L * N, q}),
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         Scalar const m = masked ? mask(n, j) : Scalar(1);
@@ -99,76 +102,228 @@ void first_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
       });
 }
 
-/// Output z of one (row, channel) of a level from its stored gates and cell.
-template <class Activation, class Scalar, class Gates, class Cell>
-KOKKOS_INLINE_FUNCTION Scalar level_output(Gates const& gates, Cell const& cell, long r, long j,
-                                           long q) {
-  if constexpr (Activation::has_cell) {
-    return gates(r, q + j) * tanh(cell(r, j));
+/// The LSTM gating of one channel: gates from pre-activations, the cell from the
+/// lower level's cell, the output. Shared by the host row loops and the device kernels.
+template <class Scalar>
+struct LstmStep {
+  Scalar ig, og, gg, fg, c, z;
+};
+
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION LstmStep<Scalar> lstm_forward(Scalar a_i, Scalar a_o, Scalar a_g, Scalar a_f,
+                                                     Scalar c_prev) {
+  LstmStep<Scalar> s;
+  s.ig = gate_sigmoid(a_i);
+  s.og = gate_sigmoid(a_o);
+  s.gg = gate_tanh(a_g);
+  s.fg = gate_sigmoid(a_f);
+  s.c = s.fg * c_prev + s.ig * s.gg;
+  s.z = s.og * gate_tanh(s.c);
+  return s;
+}
+
+/// Backward of lstm_forward: from dL/dz and dL/dc (from above) to the pre-activation
+/// gradients (i, o, g, f) and dL/dc_prev.
+template <class Scalar>
+struct LstmGrad {
+  Scalar da_i, da_o, da_g, da_f, dc_prev;
+};
+
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION LstmGrad<Scalar> lstm_backward(Scalar ig, Scalar og, Scalar gg, Scalar fg,
+                                                      Scalar c, Scalar c_prev, Scalar dz, Scalar dc) {
+  Scalar const tc = gate_tanh(c);
+  Scalar const dct = dc + dz * og * (Scalar(1) - tc * tc);
+  LstmGrad<Scalar> g;
+  g.da_i = dct * gg * ig * (Scalar(1) - ig);
+  g.da_o = dz * tc * og * (Scalar(1) - og);
+  g.da_g = dct * ig * (Scalar(1) - gg * gg);
+  g.da_f = dct * c_prev * fg * (Scalar(1) - fg);
+  g.dc_prev = dct * fg;
+  return g;
+}
+
+// Row loops with restrict-qualified parameters: compilers trust restrict on
+// parameters (not on local pointers), and without it the alias checks of these loops
+// are too many to vectorise.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_forward_row(long q, Scalar* KOKKOS_RESTRICT gates,
+                                             Scalar const* KOKKOS_RESTRICT U,
+                                             Scalar const* KOKKOS_RESTRICT bias,
+                                             Scalar const* KOKKOS_RESTRICT c_prev,
+                                             Scalar* KOKKOS_RESTRICT cell, Scalar* KOKKOS_RESTRICT z) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) {
+    auto const s = lstm_forward(gates[j] + U[j] + bias[j], gates[q + j] + U[q + j] + bias[q + j],
+                                gates[2 * q + j] + U[2 * q + j] + bias[2 * q + j],
+                                gates[3 * q + j] + U[3 * q + j] + bias[3 * q + j], c_prev[j]);
+    gates[j] = s.ig;
+    gates[q + j] = s.og;
+    gates[2 * q + j] = s.gg;
+    gates[3 * q + j] = s.fg;
+    cell[j] = s.c;
+    z[j] = s.z;
+  }
+}
+
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTRICT gates,
+                                              Scalar const* KOKKOS_RESTRICT cell,
+                                              Scalar const* KOKKOS_RESTRICT c_prev,
+                                              Scalar const* KOKKOS_RESTRICT dc,
+                                              Scalar* KOKKOS_RESTRICT dz_then_dc_prev,
+                                              Scalar* KOKKOS_RESTRICT dA, Scalar* KOKKOS_RESTRICT dU) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) {
+    auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j], cell[j],
+                                 c_prev[j], dz_then_dc_prev[j], dc[j]);
+    dA[j] = g.da_i;
+    dA[q + j] = g.da_o;
+    dA[2 * q + j] = g.da_g;
+    dA[3 * q + j] = g.da_f;
+    dU[j] += g.da_i;
+    dU[q + j] += g.da_o;
+    dU[2 * q + j] += g.da_g;
+    dU[3 * q + j] += g.da_f;
+    dz_then_dc_prev[j] = g.dc_prev;
+  }
+}
+
+/// out = m * o * tanh(c): a level's masked output rebuilt from its gates and cell.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_output_row(long q, Scalar const* KOKKOS_RESTRICT m,
+                                            Scalar const* KOKKOS_RESTRICT og,
+                                            Scalar const* KOKKOS_RESTRICT cell,
+                                            Scalar* KOKKOS_RESTRICT out) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) out[j] = m[j] * og[j] * gate_tanh(cell[j]);
+}
+
+/// Runs f over a rows x cols grid. On host spaces one work item is a row, whose
+/// channels f loops over contiguously (so the loop vectorises); on devices one work
+/// item is an element, consecutive threads on consecutive channels (coalesced).
+struct RowTag {};
+
+template <class Exec, class Functor>
+void for_each_element(char const* label, Exec const& space, long rows, long cols, Functor const& f) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    (void)cols;
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
   } else {
-    (void)cell;
-    (void)q;
-    return gates(r, j);
+    Kokkos::parallel_for(
+        label,
+        Grid2<Exec>(
+            space, {0, 0}, {rows, cols}),
+        f);
   }
 }
 
 /// Forward of one level after its hidden GEMM: bias, injection, gates, cell, output,
 /// and the masked history of the next level, in one pass.
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelForward {
+  LevelArgs<Scalar, MemorySpace> a;
+  long off;
+  bool masked;
+
+  // Host: one row, channel loops over raw row pointers so that they vectorise.
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    Scalar* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
+    Scalar const* KOKKOS_RESTRICT const U = &a.injection(r, 0);
+    Scalar const* KOKKOS_RESTRICT const bias = &a.bias(0);
+    Scalar* KOKKOS_RESTRICT const z = &a.history(r, q);  // z, unmasked for now
+    if constexpr (Activation::has_cell) {
+      Scalar* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
+      Scalar const* KOKKOS_RESTRICT const c_prev =
+          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
+      lstm_forward_row(q, gates, U, bias, c_prev, cell, z);
+      if (a.top && t == a.L - 1)
+        for (long j = 0; j < q; ++j) a.c_new(n, j) = cell[j];
+    } else {
+      for (long j = 0; j < q; ++j) {
+        gates[j] = Activation::apply(gates[j] + U[j] + bias[j]);
+        z[j] = gates[j];
+      }
+    }
+    for (long j = off; j < q; ++j) {
+      if (a.top) a.out(t, n, j - off) = z[j];
+      if (a.aux >= 0) a.aux_out(a.aux, t, n, j - off) = z[j];
+    }
+    if (a.top) {
+      if (t == a.L - 1)
+        for (long j = 0; j < q; ++j) a.h_new(n, j) = z[j];
+      return;
+    }
+    // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
+    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
+    for (long j = 0; j < q; ++j) z[j] *= m[j];
+    if (t + dn < a.L) {
+      Scalar* KOKKOS_RESTRICT const later = &a.history(r + dn * N, 0);
+      for (long j = 0; j < q; ++j) later[j] = z[j];
+    }
+    if (t < dn) {
+      Scalar* KOKKOS_RESTRICT const pad = &a.history(r, 0);
+      Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
+      for (long j = 0; j < q; ++j) pad[j] = m[j] * h0[j];
+    }
+  }
+
+  // Device: one element.
+  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
+    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    Scalar* const gates = &a.gates(r, 0);
+    Scalar const* const U = &a.injection(r, 0);
+    auto pre = [&](long row) { return gates[row] + U[row] + a.bias(row); };
+    Scalar z, c = 0;
+    if constexpr (Activation::has_cell) {
+      Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
+      auto const s = lstm_forward(pre(j), pre(q + j), pre(2 * q + j), pre(3 * q + j), c_prev);
+      gates[j] = s.ig;
+      gates[q + j] = s.og;
+      gates[2 * q + j] = s.gg;
+      gates[3 * q + j] = s.fg;
+      a.cell(r, j) = c = s.c;
+      z = s.z;
+    } else {
+      z = Activation::apply(pre(j));
+      gates[j] = z;
+    }
+    if (j >= off) {
+      if (a.top) a.out(t, n, j - off) = z;
+      if (a.aux >= 0) a.aux_out(a.aux, t, n, j - off) = z;
+    }
+    if (a.top) {
+      if (t == a.L - 1) {
+        a.h_new(n, j) = z;
+        if constexpr (Activation::has_cell) a.c_new(n, j) = c;
+      }
+    } else {
+      Scalar const m = masked ? a.mask(n, j) : Scalar(1);
+      a.history(r, q + j) = m * z;
+      if (t + dn < a.L) a.history(r + dn * N, j) = m * z;
+      if (t < dn) a.history(r, j) = m * a.h0(n, j);
+    }
+  }
+};
+
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
-  auto const gates = a.gates, cell = a.cell, S = a.history, h_new = a.h_new, c_new = a.c_new;
-  auto const cell_below = a.cell_below, U = a.injection, h0 = a.h0, c0 = a.c0, mask = a.mask;
-  auto const bias = a.bias;
-  auto const out = a.out;
-  auto const aux_out = a.aux_out;
-  long const L = a.L, N = a.N, q = a.q, off = a.q - a.nout, d = a.d, dn = a.d_next,
-             hidden_rows = a.hidden_rows;
-  bool const first = a.first, top = a.top, masked = mask.extent(0) > 0;
-  int const aux = a.aux;
-  Kokkos::parallel_for(
-      "trellis::level_forward",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, q}),
-      KOKKOS_LAMBDA(long r, long j) {
-        // nvcc: a lambda must not capture a variable first inside `if constexpr`.
-        (void)cell, (void)cell_below, (void)c0, (void)c_new, (void)gates, (void)q, (void)d, (void)first;
-        long const t = r / N, n = r % N;
-        bool const has_hidden = r < hidden_rows;
-        auto pre = [&](long row) {
-          return (has_hidden ? gates(r, row) : Scalar(0)) + U(r, row) + bias(row);
-        };
-        Scalar z, c = 0;
-        if constexpr (Activation::has_cell) {
-          Scalar const ig = sigmoid(pre(j)), og = sigmoid(pre(q + j));
-          Scalar const gg = tanh(pre(2 * q + j)), fg = sigmoid(pre(3 * q + j));
-          // The cell comes from the level below at t - d; c0 pads every level.
-          Scalar const c_prev = t >= d ? (first ? Scalar(0) : cell_below(r - d * N, j)) : c0(n, j);
-          c = fg * c_prev + ig * gg;
-          z = og * tanh(c);
-          gates(r, j) = ig;
-          gates(r, q + j) = og;
-          gates(r, 2 * q + j) = gg;
-          gates(r, 3 * q + j) = fg;
-          cell(r, j) = c;
-        } else {
-          z = Activation::apply(pre(j));
-          gates(r, j) = z;
-        }
-        if (j >= off) {
-          if (top) out(t, n, j - off) = z;
-          if (aux >= 0) aux_out(aux, t, n, j - off) = z;
-        }
-        if (top) {
-          if (t == L - 1) {
-            h_new(n, j) = z;
-            if constexpr (Activation::has_cell) c_new(n, j) = c;
-          }
-        } else {
-          Scalar const m = masked ? mask(n, j) : Scalar(1);
-          S(r, q + j) = m * z;
-          if (t + dn < L) S(r + dn * N, j) = m * z;
-          if (t < dn) S(r, j) = m * h0(n, j);
-        }
-      });
+  LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0};
+  for_each_element("trellis::level_forward", space, a.L * a.N, a.q, f);
+}
+
+/// Output z of one (row, channel) of a level from its stored gates and cell.
+template <class Activation, class Scalar, class Gates, class Cell>
+KOKKOS_INLINE_FUNCTION Scalar level_output(Gates const& gates, Cell const& cell, long r, long j,
+                                           long q) {
+  if constexpr (Activation::has_cell) {
+    return gates(r, q + j) * gate_tanh(cell(r, j));
+  } else {
+    (void)cell;
+    (void)q;
+    return gates(r, j);
+  }
 }
 
 /// Gradients that reach a level from outside the level stack.
@@ -188,83 +343,139 @@ struct LevelGradArgs {
 /// Backward of one level's fused kernel: collects dL/dz and dL/dc of the level, writes
 /// dA (pre-activation gradient), the cell gradient sent down, adds dA into the
 /// injection's gradient, and rebuilds this level's history S (needed by dW = dA^T S).
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelBackward {
+  LevelArgs<Scalar, MemorySpace> a;
+  LevelGradArgs<Scalar, MemorySpace> b;
+  long off;
+  bool masked, has_dh, has_dc, has_daux;
+
+  // Host: one row; dL/dz is gathered into the row of d_cell_down, which the main loop
+  // then overwrites with the cell gradient it sends down.
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
+    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
+    Scalar* const dz = Activation::has_cell ? &b.d_cell_down(r, 0) : &b.d_gates(r, 0);
+    if (a.top) {
+      for (long j = 0; j < q; ++j) dz[j] = 0;
+      for (long j = off; j < q; ++j) dz[j] = b.d_out(t, n, j - off);
+      if (has_dh && t == L - 1)
+        for (long j = 0; j < q; ++j) dz[j] += b.d_h_new(n, j);
+    } else {
+      Scalar const* KOKKOS_RESTRICT const above = &b.d_history(r, q);
+      if (t + du < L) {
+        Scalar const* KOKKOS_RESTRICT const later = &b.d_history(r + du * N, 0);
+        for (long j = 0; j < q; ++j) dz[j] = m[j] * (above[j] + later[j]);
+      } else {
+        for (long j = 0; j < q; ++j) dz[j] = m[j] * above[j];
+      }
+    }
+    if (has_daux && a.aux >= 0)
+      for (long j = off; j < q; ++j) dz[j] += b.d_aux(a.aux, t, n, j - off);
+    Scalar const* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
+    Scalar* KOKKOS_RESTRICT const dU = &b.d_injection(r, 0);
+    if constexpr (Activation::has_cell) {
+      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);
+      Scalar* KOKKOS_RESTRICT const dcd = &b.d_cell_down(r, 0);  // holds dz on entry
+      Scalar const* KOKKOS_RESTRICT const dc =
+          a.top ? (has_dc && t == L - 1 ? &b.d_c_new(n, 0) : &a.zero_row(0))
+                : (t + du < L ? &b.d_cell_above(r + du * N, 0) : &a.zero_row(0));
+      Scalar const* KOKKOS_RESTRICT const c_prev =
+          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
+      Scalar const* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
+      lstm_backward_row(q, gates, cell, c_prev, dc, dcd, dA, dU);
+    } else {
+      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);  // holds dz on entry
+      for (long j = 0; j < q; ++j) {
+        dA[j] *= Activation::derivative_from_output(gates[j]);
+        dU[j] += dA[j];
+      }
+    }
+    // Rebuild S of this level from the level below (z^(0) = 0, padding m * h0).
+    Scalar* KOKKOS_RESTRICT const S = &a.history(r, 0);
+    if (a.first) {
+      for (long j = 0; j < q; ++j) S[q + j] = 0;
+    } else {
+      Scalar const* KOKKOS_RESTRICT const below = &a.gates_below(r, 0);
+      if constexpr (Activation::has_cell) {
+        Scalar const* KOKKOS_RESTRICT const cell_below = &a.cell_below(r, 0);
+        lstm_output_row(q, m, below + q, cell_below, S + q);
+      } else {
+        for (long j = 0; j < q; ++j) S[q + j] = m[j] * below[j];
+      }
+      if (t + d < L) {
+        Scalar* KOKKOS_RESTRICT const later = &a.history(r + d * N, 0);
+        for (long j = 0; j < q; ++j) later[j] = S[q + j];
+      }
+    }
+    if (t < d) {
+      Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
+      for (long j = 0; j < q; ++j) S[j] = m[j] * h0[j];
+    } else if (a.first) {
+      for (long j = 0; j < q; ++j) S[j] = 0;
+    }
+  }
+
+  // Device: one element.
+  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
+    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
+    Scalar const m = masked ? a.mask(n, j) : Scalar(1);
+    Scalar dz = 0;
+    if (a.top) {
+      if (j >= off) dz += b.d_out(t, n, j - off);
+      if (has_dh && t == L - 1) dz += b.d_h_new(n, j);
+    } else {
+      Scalar s = b.d_history(r, q + j);
+      if (t + du < L) s += b.d_history(r + du * N, j);
+      dz += m * s;
+    }
+    if (has_daux && a.aux >= 0 && j >= off) dz += b.d_aux(a.aux, t, n, j - off);
+    Scalar const* const gates = &a.gates(r, 0);
+    Scalar* const dA = &b.d_gates(r, 0);
+    Scalar* const dU = &b.d_injection(r, 0);
+    if constexpr (Activation::has_cell) {
+      Scalar dc = 0;
+      if (a.top) {
+        if (has_dc && t == L - 1) dc = b.d_c_new(n, j);
+      } else if (t + du < L) {
+        dc = b.d_cell_above(r + du * N, j);
+      }
+      Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
+      auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j],
+                                   a.cell(r, j), c_prev, dz, dc);
+      dA[j] = g.da_i;
+      dA[q + j] = g.da_o;
+      dA[2 * q + j] = g.da_g;
+      dA[3 * q + j] = g.da_f;
+      dU[j] += g.da_i;
+      dU[q + j] += g.da_o;
+      dU[2 * q + j] += g.da_g;
+      dU[3 * q + j] += g.da_f;
+      b.d_cell_down(r, j) = g.dc_prev;
+    } else {
+      Scalar const da = dz * Activation::derivative_from_output(gates[j]);
+      dA[j] = da;
+      dU[j] += da;
+    }
+    if (a.first) {
+      a.history(r, j) = t < d ? m * a.h0(n, j) : Scalar(0);
+      a.history(r, q + j) = Scalar(0);
+    } else {
+      Scalar const zb = m * level_output<Activation, Scalar>(a.gates_below, a.cell_below, r, j, q);
+      a.history(r, q + j) = zb;
+      if (t + d < L) a.history(r + d * N, j) = zb;
+      if (t < d) a.history(r, j) = m * a.h0(n, j);
+    }
+  }
+};
+
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
                     LevelGradArgs<Scalar, MemorySpace> const& b) {
-  auto const gates = a.gates, cell = a.cell, S = a.history;
-  auto const cell_below = a.cell_below, gates_below = a.gates_below, h0 = a.h0, c0 = a.c0,
-             mask = a.mask;
-  auto const d_out = b.d_out;
-  auto const d_h_new = b.d_h_new, d_c_new = b.d_c_new, dS = b.d_history,
-             dc_above = b.d_cell_above;
-  auto const d_aux = b.d_aux;
-  auto const dc_down = b.d_cell_down, dA = b.d_gates, dU = b.d_injection;
-  long const L = a.L, N = a.N, q = a.q, off = a.q - a.nout, d = a.d, du = a.d_above;
-  bool const first = a.first, top = a.top, masked = mask.extent(0) > 0;
-  bool const has_dh = d_h_new.extent(0) > 0, has_dc = d_c_new.extent(0) > 0,
-             has_daux = d_aux.extent(0) > 0;
-  int const aux = a.aux;
-  Kokkos::parallel_for(
-      "trellis::level_backward",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {L * N, q}),
-      KOKKOS_LAMBDA(long r, long j) {
-        // nvcc: a lambda must not capture a variable first inside `if constexpr`.
-        (void)cell, (void)c0, (void)d_c_new, (void)dc_above, (void)dc_down, (void)has_dc, (void)gates,
-            (void)d, (void)first, (void)cell_below, (void)dA, (void)dU;
-        long const t = r / N, n = r % N;
-        Scalar const m = masked ? mask(n, j) : Scalar(1);
-        // dL/dz of this level at t.
-        Scalar dz = 0;
-        if (top) {
-          if (j >= off) dz += d_out(t, n, j - off);
-          if (has_dh && t == L - 1) dz += d_h_new(n, j);
-        } else {
-          Scalar s = dS(r, q + j);
-          if (t + du < L) s += dS(r + du * N, j);
-          dz += m * s;
-        }
-        if (has_daux && aux >= 0 && j >= off) dz += d_aux(aux, t, n, j - off);
-        if constexpr (Activation::has_cell) {
-          Scalar dc = 0;
-          if (top) {
-            if (has_dc && t == L - 1) dc = d_c_new(n, j);
-          } else if (t + du < L) {
-            dc = dc_above(r + du * N, j);
-          }
-          Scalar const ig = gates(r, j), og = gates(r, q + j), gg = gates(r, 2 * q + j),
-                       fg = gates(r, 3 * q + j);
-          Scalar const tc = tanh(cell(r, j));
-          Scalar const dct = dc + dz * og * (Scalar(1) - tc * tc);
-          Scalar const c_prev = t >= d ? (first ? Scalar(0) : cell_below(r - d * N, j)) : c0(n, j);
-          Scalar const da_i = dct * gg * ig * (Scalar(1) - ig);
-          Scalar const da_o = dz * tc * og * (Scalar(1) - og);
-          Scalar const da_g = dct * ig * (Scalar(1) - gg * gg);
-          Scalar const da_f = dct * c_prev * fg * (Scalar(1) - fg);
-          dA(r, j) = da_i;
-          dA(r, q + j) = da_o;
-          dA(r, 2 * q + j) = da_g;
-          dA(r, 3 * q + j) = da_f;
-          dU(r, j) += da_i;
-          dU(r, q + j) += da_o;
-          dU(r, 2 * q + j) += da_g;
-          dU(r, 3 * q + j) += da_f;
-          dc_down(r, j) = dct * fg;
-        } else {
-          Scalar const da = dz * Activation::derivative_from_output(gates(r, j));
-          dA(r, j) = da;
-          dU(r, j) += da;
-        }
-        // Rebuild S of this level from the level below (z^(0) = 0, padding m * h0).
-        if (first) {
-          S(r, j) = t < d ? m * h0(n, j) : Scalar(0);
-          S(r, q + j) = Scalar(0);
-        } else {
-          Scalar const zb = m * level_output<Activation, Scalar>(gates_below, cell_below, r, j, q);
-          S(r, q + j) = zb;
-          if (t + d < L) S(r + d * N, j) = zb;
-          if (t < d) S(r, j) = m * h0(n, j);
-        }
-      });
+  LevelBackward<Activation, Scalar, MemorySpace> f{a, b, a.q - a.nout, a.mask.extent(0) > 0,
+                                                   b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
+                                                   b.d_aux.extent(0) > 0};
+  for_each_element("trellis::level_backward", space, a.L * a.N, a.q, f);
 }
 
 /// The history's share of the initial-state gradient at one level:
@@ -282,7 +493,7 @@ void history_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a
   bool const masked = mask.extent(0) > 0;
   Kokkos::parallel_for(
       "trellis::history_backward",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {N, a.q}),
+      Grid2<Exec>(space, {0, 0}, {N, a.q}),
       KOKKOS_LAMBDA(long n, long j) {
         (void)dc_down, (void)dc0, (void)want_c;  // nvcc: no first capture in `if constexpr`
         Scalar sh = 0, sc = 0;

@@ -31,7 +31,7 @@ void weight_norm_forward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> 
   bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
   Kokkos::parallel_for(
       "trellis::weight_norm_forward",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
+      Grid2<Exec>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
       KOKKOS_LAMBDA(long k, long r) {
         Scalar sum = 0;
         for (int col = 0; col < width; ++col) {
@@ -60,7 +60,7 @@ void weight_norm_backward(Exec const& space, WeightNormArgs<Scalar, MemorySpace>
   bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
   Kokkos::parallel_for(
       "trellis::weight_norm_backward",
-      Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
+      Grid2<Exec>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
       KOKKOS_LAMBDA(long k, long r) {
         auto mask = [&](int col) { return (dropped && col < in) ? drop(k, r, col) : Scalar(1); };
         if (!wnorm) {
