@@ -16,6 +16,7 @@ struct TrellisShape {
   std::vector<int> dilation{1}; ///< level i (1-based) uses dilation[(i-1) % size]
   int aux_frequency = 0;        ///< F: levels F, 2F, ... give aux outputs; <= 0 or > n: none
   bool weight_norm = true;      ///< w = g v / ||v||, per output row
+  int layers = 1;               ///< M, for the RnnSparse structure: q = M d, nout = d
 
   int q() const { return nhid + nout; }
   /// Dilation of level `level` (0-based).

@@ -7,6 +7,7 @@
 #include <trellis/parameters.hpp>
 #include <trellis/shape.hpp>
 #include <trellis/structure.hpp>
+#include <trellis/rnn_sparse.hpp>
 #include <trellis/trellis_network.hpp>
 #include <trellis/version.hpp>
 #include <trellis/weight_tying.hpp>

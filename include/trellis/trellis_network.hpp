@@ -26,7 +26,8 @@
 #include <trellis/activation.hpp>
 #include <trellis/blas.hpp>
 #include <trellis/detail/level_kernels.hpp>
-#include <trellis/detail/weight_norm.hpp>
+#include <trellis/detail/dense_structure.hpp>
+#include <trellis/detail/rnn_sparse_structure.hpp>
 #include <trellis/dropout.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/parameters.hpp>
@@ -39,7 +40,7 @@ namespace trellis {
 /// What forward keeps for backward. Made and resized by forward; reuse one per
 /// network so that steady-state steps allocate nothing. Backward also reads the
 /// x, h0, c0 and masks that forward was given: keep them unchanged until then.
-template <class MemorySpace, class Scalar>
+template <class MemorySpace, class Scalar, class Structure = Dense>
 struct TrellisCache {
   using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, MemorySpace>;
   using matrices = Kokkos::View<Scalar***, Kokkos::LayoutRight, MemorySpace>;
@@ -48,9 +49,8 @@ struct TrellisCache {
   Kokkos::View<Scalar const***, Kokkos::LayoutRight, MemorySpace> x;
   Kokkos::View<Scalar const**, Kokkos::LayoutRight, MemorySpace> h0, c0;
   TrellisMasks<MemorySpace, Scalar> masks;
-  // Effective weights of this forward (after weight drop and weight norm).
-  matrices weight1, weight2;   // like the parameters
-  matrix weight1_norm, weight2_norm;
+  // What the structure's products keep (dense: the effective weights of this forward).
+  typename detail::StructureScratch<Structure, MemorySpace, Scalar>::type weights;
   // Per level: activated gates (n, R, G q) and cell (n, R, q).
   matrices gates, cell;
   // Injection U per slot (slots, R, G q); backward reuses it for dU.
@@ -60,7 +60,6 @@ struct TrellisCache {
   matrix stacked_input, d_stacked_input;  // (R, 2 ninp)
   matrix d_gates;                 // (R, G q)
   matrix d_cell_a, d_cell_b;      // (R, q)
-  matrices d_weight1, d_weight2;  // dL/dw of the effective weights
   matrix ones;                    // (1, R): bias gradient as a GEMM
   Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_row, unit_row;  // (q)
 };
@@ -74,7 +73,7 @@ class TrellisNetwork {
                 "trellis::TrellisNetwork: Scalar is float or double");
   static_assert(is_weight_tying_v<WeightTying>,
                 "trellis::TrellisNetwork: WeightTying is TiedAcrossDepth or Untied");
-  static_assert(is_structure_v<Structure>, "trellis::TrellisNetwork: Structure is Dense");
+  static_assert(is_structure_v<Structure>, "trellis::TrellisNetwork: Structure is Dense or RnnSparse");
   static_assert(is_activation_v<Activation>,
                 "trellis::TrellisNetwork: Activation is LSTMGating, ElementwiseTanh or ElementwiseRelu");
 
@@ -93,18 +92,21 @@ class TrellisNetwork {
   using const_state_view = Kokkos::View<Scalar const**, Kokkos::LayoutRight, memory_space>;
   using aux_view = Kokkos::View<Scalar****, Kokkos::LayoutRight, memory_space>;
   using const_aux_view = Kokkos::View<Scalar const****, Kokkos::LayoutRight, memory_space>;
-  using parameters_type = TrellisParameters<memory_space, Scalar>;
+  using structure_ops = detail::StructureOps<Structure, ExecutionSpace, Scalar>;
+  /// TrellisParameters for Dense, RnnSparseParameters for RnnSparse.
+  using parameters_type = typename structure_ops::parameters_type;
   using masks_type = TrellisMasks<memory_space, Scalar>;
-  using cache_type = TrellisCache<memory_space, Scalar>;
+  using cache_type = TrellisCache<memory_space, Scalar, Structure>;
 
   TrellisNetwork(ExecutionSpace const& space, TrellisShape shape, std::uint64_t seed = 20190506)
       : shape_(std::move(shape)) {
     shape_.validate("trellis::TrellisNetwork");
+    structure_ops::validate("trellis::TrellisNetwork", shape_);
     int const k = kernels();
-    params_ = parameters_type::zeros("trellis::TrellisNetwork::parameters", shape_, k, groups);
-    grads_ = parameters_type::zeros("trellis::TrellisNetwork::gradients", shape_, k, groups);
+    params_ = structure_ops::allocate("trellis::TrellisNetwork::parameters", shape_, k, groups);
+    grads_ = structure_ops::allocate("trellis::TrellisNetwork::gradients", shape_, k, groups);
     space.fence();
-    detail::initialize_parameters(params_, seed);
+    structure_ops::initialize(params_, shape_, seed);
     // Injection slots: one per distinct dilation when tied, one per level when untied.
     for (int level = 0; level < shape_.nlevels; ++level) {
       int const d = shape_.dilation_of(level);
@@ -162,24 +164,22 @@ class TrellisNetwork {
     cache.c0 = c0;
     cache.masks = masks;
 
-    detail::weight_norm_forward(space, weight_norm_args(1, cache));
-    detail::weight_norm_forward(space, weight_norm_args(2, cache));
+    structure_ops::forward_weights(space, params_, masks, cache.weights);
 
     for (int s = 0; s < injection_slots(); ++s) {
       detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, x, slot_dilation_[s],
                                                                cache.stacked_input);
-      blas::gemm(space, blas::Op::none, blas::Op::transpose, Scalar(1), cache.stacked_input,
-                 kernel(cache.weight1, slot_kernel_[s]), Scalar(0), slot(cache.injection, s), math_);
+      structure_ops::injection(space, cache.weights, params_, slot_kernel_[s], cache.stacked_input,
+                               slot(cache.injection, s), math_);
     }
 
     for (int level = 0; level < shape_.nlevels; ++level) {
       auto a = level_args(cache, level);
       if (level == 0) detail::first_history<ExecutionSpace, Scalar, memory_space>(space, a);
       auto const rows = std::make_pair(0L, a.hidden_rows);
-      blas::gemm(space, blas::Op::none, blas::Op::transpose, Scalar(1),
-                 Kokkos::subview(cache.history, rows, Kokkos::ALL),
-                 kernel(cache.weight2, WeightTying::kernel_of(level)), Scalar(0),
-                 Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+      structure_ops::hidden(space, cache.weights, params_, WeightTying::kernel_of(level),
+                            Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                            Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
       // Level 1's history is zero past t = d: those rows of S W^T are zero.
       if (a.hidden_rows < L * N)
         Kokkos::deep_copy(space, Kokkos::subview(a.gates, std::make_pair(a.hidden_rows, L * N), Kokkos::ALL),
@@ -212,8 +212,7 @@ class TrellisNetwork {
     if (want_dh0) detail::check_shape(call, "dh0", dh0, {N, q});
     if (want_dc0) detail::check_shape(call, "dc0", dc0, {N, q});
 
-    Kokkos::deep_copy(space, cache.d_weight1, Scalar(0));
-    Kokkos::deep_copy(space, cache.d_weight2, Scalar(0));
+    structure_ops::begin_backward(space, cache.weights);
     Kokkos::deep_copy(space, cache.injection, Scalar(0));  // becomes dU
 
     detail::LevelGradArgs<Scalar, memory_space> g;
@@ -232,14 +231,10 @@ class TrellisNetwork {
       detail::level_backward<Activation>(space, a, g);
       auto const rows = std::make_pair(0L, a.hidden_rows);
       auto const dA = Kokkos::subview(cache.d_gates, rows, Kokkos::ALL);
-      int const k = WeightTying::kernel_of(level);
-      // dW += dA^T S (level 1: only the rows t < d carry history).
-      blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dA,
-                 Kokkos::subview(cache.history, rows, Kokkos::ALL), Scalar(1),
-                 kernel(cache.d_weight2, k), math_);
-      // dS = dA W (level 1: only the rows that reach h0).
-      blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dA, kernel(cache.weight2, k),
-                 Scalar(0), Kokkos::subview(cache.d_history, rows, Kokkos::ALL), math_);
+      // dW += dA^T S and dS = dA W (level 1: only the rows t < d carry history).
+      structure_ops::hidden_backward(space, cache.weights, params_, grads_, WeightTying::kernel_of(level), dA,
+                                     Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                                     Kokkos::subview(cache.d_history, rows, Kokkos::ALL), math_);
       if (want_dh0 || want_dc0)
         detail::history_backward<Activation, ExecutionSpace, Scalar, memory_space>(
             space, a, cache.d_history, dc_down, dh0, dc0);
@@ -251,56 +246,35 @@ class TrellisNetwork {
       int const k = slot_kernel_[s];
       detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
                                                                cache.stacked_input);
-      blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dU, cache.stacked_input,
-                 Scalar(1), kernel(cache.d_weight1, k), math_);
+      structure_ops::injection_backward(space, cache.weights, params_, grads_, k, dU, cache.stacked_input,
+                                        want_dx ? cache.d_stacked_input : matrix(), math_);
       blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), cache.ones, dU, Scalar(1),
                  Kokkos::subview(grads_.bias2, std::make_pair(k, k + 1), Kokkos::ALL), math_);
-      if (want_dx) {
-        blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dU,
-                   kernel(cache.weight1, k), Scalar(0), cache.d_stacked_input, math_);
+      if (want_dx)
         detail::unstack_input_gradient<ExecutionSpace, Scalar, memory_space>(
             space, cache.d_stacked_input, slot_dilation_[s], dx);
-      }
     }
 
-    detail::weight_norm_backward(space, weight_norm_args(1, cache), cache.d_weight1,
-                                 grads_.weight1, grads_.weight1_g);
-    detail::weight_norm_backward(space, weight_norm_args(2, cache), cache.d_weight2,
-                                 grads_.weight2, grads_.weight2_g);
+    structure_ops::finish_backward(space, params_, grads_, cache.masks, cache.weights);
   }
 
  private:
   using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, memory_space>;
   using matrices = Kokkos::View<Scalar***, Kokkos::LayoutRight, memory_space>;
 
-  static auto kernel(matrices const& m, int k) { return Kokkos::subview(m, k, Kokkos::ALL, Kokkos::ALL); }
   static auto slot(matrices const& m, int s) { return Kokkos::subview(m, s, Kokkos::ALL, Kokkos::ALL); }
 
   void check_masks(char const* call, masks_type const& m, long N) const {
-    long const rows = long(groups) * shape_.q();
     if (m.hidden.extent(0) > 0) detail::check_shape(call, "masks.hidden", m.hidden, {N, shape_.q()});
-    if (m.weight1_drop.extent(0) > 0)
-      detail::check_shape(call, "masks.weight1_drop", m.weight1_drop, {kernels(), rows, shape_.ninp});
-    if (m.weight2_drop.extent(0) > 0)
-      detail::check_shape(call, "masks.weight2_drop", m.weight2_drop, {kernels(), rows, shape_.q()});
+    structure_ops::check_masks(call, shape_, kernels(), groups, m);
   }
 
   void prepare_cache(ExecutionSpace const& space, cache_type& c, long L, long N) const {
     long const q = shape_.q(), p = shape_.ninp, G = groups, R = L * N;
-    int const k = kernels();
     auto alloc = [&](char const* name) {
       return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
     };
-    if (c.weight1.extent(0) != std::size_t(k) || c.weight1.extent(2) != std::size_t(2 * p) ||
-        c.weight2.extent(2) != std::size_t(2 * q) || c.weight2.extent(1) != std::size_t(G * q)) {
-      c.weight1 = matrices(alloc("weight1"), k, G * q, 2 * p);
-      c.weight2 = matrices(alloc("weight2"), k, G * q, 2 * q);
-      c.d_weight1 = matrices(alloc("d_weight1"), k, G * q, 2 * p);
-      c.d_weight2 = matrices(alloc("d_weight2"), k, G * q, 2 * q);
-      c.weight1_norm = matrix(alloc("weight1_norm"), k, G * q);
-      c.weight2_norm = matrix(alloc("weight2_norm"), k, G * q);
-      c.length = 0;
-    }
+    structure_ops::prepare(space, c.weights, shape_, kernels(), groups);
     if (c.length == L && c.batch == N && c.gates.extent(0) == std::size_t(shape_.nlevels)) return;
     c.length = L;
     c.batch = N;
@@ -320,16 +294,6 @@ class TrellisNetwork {
     c.unit_row = decltype(c.unit_row)(alloc("unit_row"), q);
     Kokkos::deep_copy(space, c.zero_row, Scalar(0));
     Kokkos::deep_copy(space, c.unit_row, Scalar(1));
-  }
-
-  detail::WeightNormArgs<Scalar, memory_space> weight_norm_args(int which, cache_type const& c) const {
-    detail::WeightNormArgs<Scalar, memory_space> a;
-    a.v = which == 1 ? params_.weight1 : params_.weight2;
-    a.g = which == 1 ? params_.weight1_g : params_.weight2_g;
-    a.drop = which == 1 ? c.masks.weight1_drop : c.masks.weight2_drop;
-    a.w = which == 1 ? c.weight1 : c.weight2;
-    a.norm = which == 1 ? c.weight1_norm : c.weight2_norm;
-    return a;
   }
 
   detail::LevelArgs<Scalar, memory_space> level_args(cache_type const& c, int level) const {
