@@ -41,6 +41,7 @@ endif()
 message(STATUS "Trellis: Kokkos ${Kokkos_VERSION} (${Kokkos_DIR}), backends: ${_trellis_blist}; ${_trellis_hint}")
 
 find_package(Eigen3 3.4 REQUIRED NO_MODULE)
+find_package(nlohmann_json 3 REQUIRED)
 if(Trellis_KOKKOS_HAS_CUDA)
   find_package(CUDAToolkit REQUIRED)
   option(Trellis_CUDART_STATIC "Link the CUDA runtime statically (binaries carried to a GPU machine)" OFF)

@@ -218,11 +218,13 @@ void run_network(Network& net, Pass& p, typename Network::masks_type const& mask
   p.dh0 = to_host(dh0);
   p.dc0 = to_host(dc0);
   auto const& G = net.gradients();
-  p.g_weight1 = to_host(G.weight1);
-  p.g_weight1_g = to_host(G.weight1_g);
-  p.g_weight2 = to_host(G.weight2);
-  p.g_weight2_g = to_host(G.weight2_g);
   p.g_bias2 = to_host(G.bias2);
+  if constexpr (std::is_same_v<typename Network::structure, Dense>) {
+    p.g_weight1 = to_host(G.weight1);
+    p.g_weight1_g = to_host(G.weight1_g);
+    p.g_weight2 = to_host(G.weight2);
+    p.g_weight2_g = to_host(G.weight2_g);
+  }
 }
 
 /// The scalar loss whose gradients backward computes:

@@ -56,13 +56,26 @@ TEST_CASE_TEMPLATE_DEFINE("gemm on column blocks of a row-major matrix", Exec, g
   Exec space;
   using Matrix = Kokkos::View<double**, Kokkos::LayoutRight, typename Exec::memory_space>;
   std::mt19937_64 rng(3);
-  Matrix big("big", 6, 10), B("B", 4, 3), C("C", 6, 3), Cref("Cref", 6, 3);
-  from_host(big, random_vector(big.span(), rng));
-  from_host(B, random_vector(B.span(), rng));
-  auto A = Kokkos::subview(big, Kokkos::ALL, std::make_pair(3, 7));  // LayoutStride, ld 10
+  Matrix big("big", 6, 10), B("B", 4, 3), Cbig("Cbig", 6, 8), Cref("Cref", 6, 3);
+  auto const hbig = random_vector(big.span(), rng), hb = random_vector(B.span(), rng);
+  from_host(big, hbig);
+  from_host(B, hb);
+  // Column blocks keep the parent's row stride (10 and 8), whatever layout type
+  // Kokkos gives the subview.
+  auto A = Kokkos::subview(big, Kokkos::ALL, std::make_pair(3, 7));
+  auto C = Kokkos::subview(Cbig, Kokkos::ALL, std::make_pair(2, 5));
   trellis::blas::gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, C);
   trellis::blas::reference_gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, Cref);
-  check_close("strided A", to_host(C), to_host(Cref), 1e-14);
+  std::vector<double> want(6 * 3, 0);
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int k = 0; k < 4; ++k) want[i * 3 + j] += hbig[i * 10 + 3 + k] * hb[k * 3 + j];
+  auto const cbig = to_host(Cbig);
+  std::vector<double> got;
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 3; ++j) got.push_back(cbig[i * 8 + 2 + j]);
+  check_close("strided A and C", got, want, 1e-14);
+  check_close("strided A, reference", to_host(Cref), want, 1e-14);
 }
 
 TEST_CASE_TEMPLATE_DEFINE("gemm names the call and the shapes on a mismatch", Exec, gemm_shapes) {

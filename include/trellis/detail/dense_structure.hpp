@@ -9,6 +9,7 @@
 #include <trellis/errors.hpp>
 #include <trellis/parameters.hpp>
 #include <trellis/shape.hpp>
+#include <trellis/structure.hpp>
 
 namespace trellis::detail {
 

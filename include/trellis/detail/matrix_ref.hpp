@@ -27,13 +27,11 @@ auto matrix_ref(char const* call, char const* name, View const& v) {
                     std::is_same_v<layout, Kokkos::LayoutStride>,
                 "trellis::blas: matrices are row-major (LayoutRight or LayoutStride)");
   using value_type = typename View::value_type;
-  std::size_t ld = v.extent(1);
-  if constexpr (std::is_same_v<layout, Kokkos::LayoutStride>) {
-    if (v.extent(0) * v.extent(1) > 0 && v.stride(1) != 1)
-      fail(call, ": ", name, " ", shape_of(v), " must have unit stride along columns, has ",
-           v.stride(1));
-    ld = v.extent(0) > 1 ? v.stride(0) : v.extent(1);
-  }
+  // A LayoutRight subview of columns keeps its parent's row stride, so always ask.
+  if (v.extent(0) * v.extent(1) > 0 && v.extent(1) > 1 && v.stride(1) != 1)
+    fail(call, ": ", name, " ", shape_of(v), " must have unit stride along columns, has ", v.stride(1));
+  std::size_t ld = v.extent(0) > 1 ? std::size_t(v.stride(0)) : std::size_t(v.extent(1));
+  if (ld < v.extent(1)) ld = v.extent(1);
   if (ld == 0) ld = 1;
   return MatrixRef<value_type>{v.data(), v.extent(0), v.extent(1), ld};
 }

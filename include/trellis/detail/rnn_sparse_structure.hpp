@@ -13,6 +13,7 @@
 #include <trellis/errors.hpp>
 #include <trellis/rnn_sparse.hpp>
 #include <trellis/shape.hpp>
+#include <trellis/structure.hpp>
 
 namespace trellis::detail {
 

@@ -257,7 +257,7 @@ class NaiveTrellis {
   }
   void effective_weights() {
     if (kernels.size() != (tied ? 1u : std::size_t(shape.nlevels)))
-      detail::fail("trellis::reference::NaiveTrellis: ", kernels.size(), " kernels for ",
+      trellis::detail::fail("trellis::reference::NaiveTrellis: ", kernels.size(), " kernels for ",
                    tied ? "a tied" : "an untied", " network of ", shape.nlevels, " levels");
     eff_.resize(kernels.size());
     for (std::size_t k = 0; k < kernels.size(); ++k) {

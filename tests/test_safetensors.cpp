@@ -1,0 +1,176 @@
+// The safetensors reader and writer: round trips in every dtype, clear errors for
+// malformed files, atomic writes; and PyTorch RNN state_dicts through it.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <trellis/recurrent.hpp>
+#include <trellis/safetensors.hpp>
+
+namespace st = trellis::safetensors;
+
+namespace {
+
+std::string temp_path(std::string const& name) {
+  auto dir = std::filesystem::temp_directory_path() / "trellis-tests";
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+std::string read_bytes(std::string const& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(std::string const& path, std::string const& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+/// A file whose header is `header` (JSON text) followed by `data_bytes` zero bytes.
+std::string raw_file(std::string const& header, std::size_t data_bytes) {
+  std::string out(8, '\0');
+  std::uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = char((n >> (8 * i)) & 0xff);
+  return out + header + std::string(data_bytes, '\0');
+}
+
+}  // namespace
+
+TEST_CASE("safetensors round trip in every dtype") {
+  st::File f;
+  std::vector<double> values{0.0, 1.0, -2.5, 0.125, 3.0, -7.0};
+  for (auto dt : {st::DType::F64, st::DType::F32, st::DType::F16, st::DType::BF16, st::DType::I64, st::DType::I32})
+    f.tensors[std::string("t_") + st::dtype_name(dt)] = st::Tensor::from_double(dt, {2, 3}, values);
+  f.tensors["u8"] = st::Tensor::from_double(st::DType::U8, {3}, {0, 7, 255});
+  f.tensors["scalar"] = st::Tensor::from_double(st::DType::F64, {}, {3.25});
+  f.metadata["dilation"] = "[1, 2, 4]";
+  f.metadata["wnorm"] = "true";
+  auto const path = temp_path("roundtrip.safetensors");
+  st::write(path, f);
+  auto g = st::read(path);
+  REQUIRE(g.tensors.size() == f.tensors.size());
+  for (auto const& [name, t] : f.tensors) {
+    CAPTURE(name);
+    CHECK(g.at(path, name).dtype == t.dtype);
+    CHECK(g.at(path, name).shape == t.shape);
+    CHECK(g.at(path, name).to_double() == t.to_double());
+  }
+  CHECK(g.at(path, "t_F16").to_double() == values);  // exactly representable
+  CHECK(g.at(path, "t_BF16").to_double() == values);
+  CHECK(g.metadata == f.metadata);
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
+TEST_CASE("half-precision conversions round to nearest even") {
+  CHECK(st::detail::half_to_float(st::detail::float_to_half(65504.f)) == 65504.f);
+  CHECK(st::detail::half_to_float(st::detail::float_to_half(1e-7f)) == doctest::Approx(1.19209e-07).epsilon(1e-3));
+  CHECK(st::detail::half_to_float(st::detail::float_to_half(1.0f + 1.0f / 4096)) == 1.0f);  // tie to even
+  CHECK(std::isinf(st::detail::half_to_float(st::detail::float_to_half(1e6f))));
+  CHECK(st::detail::bf16_to_float(st::detail::float_to_bf16(1.0f + 1.0f / 256)) == 1.0f);  // tie to even
+}
+
+TEST_CASE("malformed safetensors files are clear errors") {
+  auto const path = temp_path("bad.safetensors");
+  SUBCASE("a missing file") {
+    CHECK_THROWS_WITH_AS(st::read(temp_path("missing.safetensors")), doctest::Contains("cannot open"),
+                         trellis::file_error);
+  }
+  SUBCASE("a file shorter than its header length") {
+    write_bytes(path, "abc");
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("shorter than the 8-byte header length"), trellis::file_error);
+  }
+  SUBCASE("a truncated file") {
+    st::File f;
+    f.tensors["w"] = st::Tensor::from_double(st::DType::F32, {4, 4}, std::vector<double>(16, 1.0));
+    st::write(path, f);
+    auto bytes = read_bytes(path);
+    write_bytes(path, bytes.substr(0, bytes.size() - 10));
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("tensor 'w' ends at data offset 64"), trellis::file_error);
+  }
+  SUBCASE("a header that lies about sizes") {
+    write_bytes(path, raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 24));
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("its dtype and shape need 24"), trellis::file_error);
+  }
+  SUBCASE("a header length past the end") {
+    std::string bytes(8, '\0');
+    bytes[0] = char(100);
+    write_bytes(path, bytes + "{}");
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("runs past the end of the file"), trellis::file_error);
+  }
+  SUBCASE("an unknown dtype") {
+    write_bytes(path, raw_file(R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2));
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("tensor 'w' has unknown dtype \"F8_E4M3\""),
+                         trellis::file_error);
+  }
+  SUBCASE("a header that is not JSON") {
+    write_bytes(path, raw_file("{not json", 0));
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("is not valid JSON"), trellis::file_error);
+  }
+  SUBCASE("overlapping tensors") {
+    write_bytes(path, raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6));
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains("overlap"), trellis::file_error);
+  }
+}
+
+TEST_CASE("writing is atomic: a failed write leaves the old file") {
+  auto const path = temp_path("keep.safetensors");
+  st::File f;
+  f.tensors["w"] = st::Tensor::from_double(st::DType::F64, {2}, {1, 2});
+  st::write(path, f);
+  auto const before = read_bytes(path);
+  st::File bad;
+  bad.tensors["w"] = f.tensors["w"];
+  bad.tensors["w"].data.pop_back();  // inconsistent: refused before anything is written
+  CHECK_THROWS_AS(st::write(path, bad), trellis::invalid_argument);
+  CHECK(read_bytes(path) == before);
+  CHECK_THROWS_WITH_AS(st::write(temp_path("no/such/dir/x.safetensors"), f), doctest::Contains("cannot open for writing"),
+                       trellis::file_error);
+}
+
+TEST_CASE("PyTorch RNN state_dicts map to the trellis gate order") {
+  auto w = trellis::RecurrentWeights::random(trellis::RecurrentCell::lstm, 3, 2, 2, 11);
+  // PyTorch order i, f, g, o from the trellis order i, o, g, f.
+  auto to_pytorch = [](Eigen::MatrixXd const& m, int d) {
+    Eigen::MatrixXd out(m.rows(), m.cols());
+    int const from[4] = {0, 3, 2, 1};
+    for (int b = 0; b < 4; ++b) out.middleRows(b * d, d) = m.middleRows(from[b] * d, d);
+    return out;
+  };
+  auto tensor = [](Eigen::MatrixXd const& m) {
+    std::vector<double> v;
+    for (Eigen::Index i = 0; i < m.rows(); ++i)
+      for (Eigen::Index j = 0; j < m.cols(); ++j) v.push_back(m(i, j));
+    return st::Tensor::from_double(st::DType::F64, {m.rows(), m.cols()}, v);
+  };
+  st::File f;
+  for (int k = 0; k < 2; ++k) {
+    f.tensors["weight_ih_l" + std::to_string(k)] = tensor(to_pytorch(w.input_weights[k], 2));
+    f.tensors["weight_hh_l" + std::to_string(k)] = tensor(to_pytorch(w.recurrent_weights[k], 2));
+    f.tensors["bias_ih_l" + std::to_string(k)] = st::Tensor::from_double(st::DType::F32, {8}, std::vector<double>(8, 0));
+  }
+  auto back = trellis::recurrent_from_pytorch(f, trellis::RecurrentCell::lstm, "sd.safetensors");
+  REQUIRE(back.layers() == 2);
+  CHECK(back.input_size == 3);
+  CHECK(back.hidden_size == 2);
+  for (int k = 0; k < 2; ++k) {
+    CHECK(back.input_weights[k] == w.input_weights[k]);
+    CHECK(back.recurrent_weights[k] == w.recurrent_weights[k]);
+  }
+  SUBCASE("a nonzero bias") {
+    f.tensors["bias_hh_l1"] = st::Tensor::from_double(st::DType::F32, {8}, {0, 0, 0, 0.5, 0, 0, 0, 0});
+    CHECK_THROWS_WITH_AS(trellis::recurrent_from_pytorch(f, trellis::RecurrentCell::lstm, "sd.safetensors"),
+                         doctest::Contains("sd.safetensors: tensor 'bias_hh_l1' is a nonzero bias"), trellis::file_error);
+  }
+  SUBCASE("an unknown tensor") {
+    f.tensors["decoder.weight"] = st::Tensor::from_double(st::DType::F32, {1}, {0});
+    CHECK_THROWS_WITH_AS(trellis::recurrent_from_pytorch(f, trellis::RecurrentCell::lstm, "sd.safetensors"),
+                         doctest::Contains("'decoder.weight' is not part of"), trellis::file_error);
+  }
+  SUBCASE("the wrong cell for the shapes") {
+    CHECK_THROWS_WITH_AS(trellis::recurrent_from_pytorch(f, trellis::RecurrentCell::rnn_tanh, "sd.safetensors"),
+                         doctest::Contains("weight_hh_l0' has shape (8, 2)"), trellis::file_error);
+  }
+}
