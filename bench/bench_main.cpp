@@ -8,6 +8,7 @@
 #include <trellis/version.hpp>
 
 void register_trellis_benchmarks();
+void register_rnn_sparse_benchmarks();
 
 int main(int argc, char** argv) {
   Kokkos::ScopeGuard guard(argc, argv);
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("execution_space", Exec::name());
   benchmark::AddCustomContext("concurrency", std::to_string(Exec().concurrency()));
   register_trellis_benchmarks();
+  register_rnn_sparse_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -8,6 +8,7 @@
 #include <trellis/recurrent.hpp>
 #include <trellis/shape.hpp>
 #include <trellis/structure.hpp>
+#include <trellis/tensor_io.hpp>
 #include <trellis/rnn_sparse.hpp>
 #include <trellis/safetensors.hpp>
 #include <trellis/trellis_network.hpp>

@@ -15,9 +15,18 @@ using Kokkos::Experimental::sqrt;
 using Kokkos::Experimental::tanh;
 #endif
 
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION Scalar sigmoid(Scalar a) {
-  return Scalar(1) / (Scalar(1) + exp(-a));
+/// Kokkos::initialize with a thread count (0: Kokkos' default); the settings type
+/// changed between 3.4 and 4.x.
+inline void initialize_kokkos(int num_threads) {
+#if KOKKOS_VERSION >= 40000
+  Kokkos::InitializationSettings settings;
+  if (num_threads > 0) settings.set_num_threads(num_threads);
+  Kokkos::initialize(settings);
+#else
+  Kokkos::InitArguments args;
+  if (num_threads > 0) args.num_threads = num_threads;
+  Kokkos::initialize(args);
+#endif
 }
 
 }  // namespace trellis::detail
