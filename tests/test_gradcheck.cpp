@@ -59,8 +59,8 @@ void gradcheck(Network& net, typename Network::masks_type const& masks, Pass con
 
 template <class Exec, class Tying, class Activation>
 void gradcheck_case(bool wnorm, bool masked) {
-  CAPTURE(Tying::name);
-  CAPTURE(Activation::name);
+  CAPTURE(std::string(Tying::name));
+  CAPTURE(std::string(Activation::name));
   CAPTURE(wnorm);
   CAPTURE(masked);
   Exec space;

@@ -54,9 +54,9 @@ typename Network::masks_type fixed_masks(Network const& net, long N, std::mt1993
 
 template <class Exec, class Scalar, class Tying, class Activation = trellis::LSTMGating>
 void check_case(Case const& c) {
-  CAPTURE(c.name);
-  CAPTURE(Tying::name);
-  CAPTURE(Activation::name);
+  CAPTURE(std::string(c.name));
+  CAPTURE(std::string(Tying::name));
+  CAPTURE(std::string(Activation::name));
   CAPTURE(sizeof(Scalar));
   Exec space;
   std::mt19937_64 rng(42);

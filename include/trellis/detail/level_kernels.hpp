@@ -143,6 +143,28 @@ KOKKOS_INLINE_FUNCTION LstmGrad<Scalar> lstm_backward(Scalar ig, Scalar og, Scal
   return g;
 }
 
+/// Writes one channel's pre-activation gradients into dA and adds them into dU.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void store_lstm_grad(Scalar* dA, Scalar* dU, long q, long j, LstmGrad<Scalar> const& g) {
+  dA[j] = g.da_i;
+  dA[q + j] = g.da_o;
+  dA[2 * q + j] = g.da_g;
+  dA[3 * q + j] = g.da_f;
+  dU[j] += g.da_i;
+  dU[q + j] += g.da_o;
+  dU[2 * q + j] += g.da_g;
+  dU[3 * q + j] += g.da_f;
+}
+
+/// Writes one channel's activated gates (i, o, g, f) over its pre-activations.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void store_lstm_gates(Scalar* gates, long q, long j, LstmStep<Scalar> const& s) {
+  gates[j] = s.ig;
+  gates[q + j] = s.og;
+  gates[2 * q + j] = s.gg;
+  gates[3 * q + j] = s.fg;
+}
+
 // Row loops with restrict-qualified parameters: compilers trust restrict on
 // parameters (not on local pointers), and without it the alias checks of these loops
 // are too many to vectorise.
@@ -157,10 +179,7 @@ KOKKOS_INLINE_FUNCTION void lstm_forward_row(long q, Scalar* KOKKOS_RESTRICT gat
     auto const s = lstm_forward(gates[j] + U[j] + bias[j], gates[q + j] + U[q + j] + bias[q + j],
                                 gates[2 * q + j] + U[2 * q + j] + bias[2 * q + j],
                                 gates[3 * q + j] + U[3 * q + j] + bias[3 * q + j], c_prev[j]);
-    gates[j] = s.ig;
-    gates[q + j] = s.og;
-    gates[2 * q + j] = s.gg;
-    gates[3 * q + j] = s.fg;
+    store_lstm_gates(gates, q, j, s);
     cell[j] = s.c;
     z[j] = s.z;
   }
@@ -177,14 +196,7 @@ KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTR
   for (long j = 0; j < q; ++j) {
     auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j], cell[j],
                                  c_prev[j], dz_then_dc_prev[j], dc[j]);
-    dA[j] = g.da_i;
-    dA[q + j] = g.da_o;
-    dA[2 * q + j] = g.da_g;
-    dA[3 * q + j] = g.da_f;
-    dU[j] += g.da_i;
-    dU[q + j] += g.da_o;
-    dU[2 * q + j] += g.da_g;
-    dU[3 * q + j] += g.da_f;
+    store_lstm_grad(dA, dU, q, j, g);
     dz_then_dc_prev[j] = g.dc_prev;
   }
 }
@@ -279,10 +291,7 @@ struct LevelForward {
     if constexpr (Activation::has_cell) {
       Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
       auto const s = lstm_forward(pre(j), pre(q + j), pre(2 * q + j), pre(3 * q + j), c_prev);
-      gates[j] = s.ig;
-      gates[q + j] = s.og;
-      gates[2 * q + j] = s.gg;
-      gates[3 * q + j] = s.fg;
+      store_lstm_gates(gates, q, j, s);
       a.cell(r, j) = c = s.c;
       z = s.z;
     } else {
@@ -443,14 +452,7 @@ struct LevelBackward {
       Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
       auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j],
                                    a.cell(r, j), c_prev, dz, dc);
-      dA[j] = g.da_i;
-      dA[q + j] = g.da_o;
-      dA[2 * q + j] = g.da_g;
-      dA[3 * q + j] = g.da_f;
-      dU[j] += g.da_i;
-      dU[q + j] += g.da_o;
-      dU[2 * q + j] += g.da_g;
-      dU[3 * q + j] += g.da_f;
+      store_lstm_grad(dA, dU, q, j, g);
       b.d_cell_down(r, j) = g.dc_prev;
     } else {
       Scalar const da = dz * Activation::derivative_from_output(gates[j]);
