@@ -4,15 +4,23 @@
 //
 //   trellis from-rnn --state-dict R.safetensors --cell lstm|rnn-tanh|rnn-relu
 //                    --history L --input X.safetensors --output Y.safetensors
+//   trellis train --task charlm|wordlm|seqclass --data NAME --run-dir DIR --minutes M [flags] [--resume]
+//   trellis eval --checkpoint C.safetensors --data NAME [--split valid|test]
 #include <CLI/CLI.hpp>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 #include <Kokkos_Core.hpp>
 
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <set>
 #include <string>
 
 #include <trellis/trellis.hpp>
+
+#include "train.hpp"
 
 namespace {
 
@@ -133,6 +141,107 @@ void from_rnn(FromRnn const& a, Common const& common) {
   });
 }
 
+struct TrainCommand {
+  std::string task, data, run_dir, data_dir, checkpoint, split = "test";
+  double minutes = 10;
+  bool resume = false;
+  trellis_cli::Flags values;            ///< as given on the command line
+  std::map<std::string, CLI::Option*> options;
+  CLI::Option* wnorm_off = nullptr;  ///< --no-wnorm; with --wnorm it gives the flag "wnorm"
+};
+
+/// The flags of a run: the task's defaults (or, resuming or evaluating, the
+/// checkpoint's), overridden by what the command line gives; resuming, a flag that
+/// differs from the checkpoint's is an error.
+trellis_cli::Flags resolve_flags(TrainCommand const& t, trellis::safetensors::File const* checkpoint,
+                                 std::string const& checkpoint_path, bool allow_override) {
+  trellis_cli::Flags flags = trellis_cli::task_defaults(t.task, t.data);
+  if (checkpoint)
+    for (auto& [k, v] : flags) {
+      auto it = checkpoint->metadata.find("flag." + k);
+      if (it != checkpoint->metadata.end()) v = it->second;
+    }
+  for (auto const& [k, opt] : t.options) {
+    bool const given_flag = opt->count() > 0 || (k == "wnorm" && t.wnorm_off && t.wnorm_off->count() > 0);
+    if (!given_flag) continue;
+    auto const& given = t.values.at(k);
+    // How long, how often and how much to validate may change when resuming; what
+    // defines the model and its optimisation may not.
+    static std::set<std::string> const run_control{"max-steps",   "eval-minutes",    "checkpoint-minutes",
+                                                   "log-every",   "valid-tokens",    "eval-batch-size"};
+    if (checkpoint && !allow_override && flags[k] != given && !run_control.count(k))
+      throw trellis::invalid_argument("--" + k + " " + given + ": the checkpoint " + checkpoint_path +
+                                      " was trained with --" + k + " " + flags[k] +
+                                      " (drop the flag, or start a new run directory)");
+    flags[k] = given;
+  }
+  return flags;
+}
+
+template <class F>
+void with_training_precision(std::string const& precision, F&& f) {
+  if (precision == "fp32") return f(float{});
+  if (precision == "fp64") return f(double{});
+  throw trellis::invalid_argument("--precision " + precision + ": expected fp32 or fp64");
+}
+
+void train(TrainCommand& t, Common const& common) {
+  trellis_cli::check_task_data(t.task, t.data);
+  if (!(t.minutes > 0)) throw trellis::invalid_argument("--minutes " + std::to_string(t.minutes) + ": must be positive");
+  trellis_cli::TrainSettings s;
+  s.task = t.task;
+  s.data = t.data;
+  s.run_dir = t.run_dir;
+  s.minutes = t.minutes;
+  s.resume = t.resume;
+  s.data_root = trellis_cli::data_root(t.data_dir);
+  s.fp64 = common.precision == "fp64";
+  std::string const ckpt = t.run_dir + "/checkpoint.safetensors";
+  if (t.resume) {
+    auto const file = trellis::safetensors::read(ckpt);
+    auto const task = file.metadata.count("task") ? file.metadata.at("task") : "";
+    auto const data = file.metadata.count("data") ? file.metadata.at("data") : "";
+    if (task != t.task || data != t.data)
+      throw trellis::invalid_argument("--resume: " + ckpt + " is a " + task + " run on " + data + ", not " + t.task +
+                                      " on " + t.data);
+    s.flags = resolve_flags(t, &file, ckpt, false);
+  } else {
+    if (std::filesystem::exists(ckpt))
+      throw trellis::invalid_argument("--run-dir " + t.run_dir + ": holds a checkpoint already; pass --resume to continue it, or choose another directory");
+    s.flags = resolve_flags(t, nullptr, "", true);
+  }
+  with_backend(common.backend, [&]<class Exec>() {
+    with_training_precision(common.precision, [&](auto scalar) {
+      using Scalar = decltype(scalar);
+      Exec space;
+      trellis_cli::with_task<Exec, Scalar>(space, s, [&](auto& task) { trellis_cli::train_loop(space, task, s); });
+    });
+  });
+}
+
+void evaluate(TrainCommand& t, Common& common, bool precision_given) {
+  auto const file = trellis::safetensors::read(t.checkpoint);
+  if (!file.metadata.count("task") || !file.metadata.count("data"))
+    throw trellis::file_error(t.checkpoint + ": not a checkpoint of trellis train (no 'task' and 'data' in its metadata)");
+  t.task = file.metadata.at("task");
+  if (file.metadata.at("data") != t.data)
+    throw trellis::invalid_argument("--data " + t.data + ": " + t.checkpoint + " was trained on " + file.metadata.at("data"));
+  if (t.split != "valid" && t.split != "test")
+    throw trellis::invalid_argument("--split " + t.split + ": expected valid or test");
+  trellis_cli::TrainSettings s;
+  s.task = t.task;
+  s.data = t.data;
+  s.data_root = trellis_cli::data_root(t.data_dir);
+  s.flags = resolve_flags(t, &file, t.checkpoint, true);
+  if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
+  with_backend(common.backend, [&]<class Exec>() {
+    with_training_precision(common.precision, [&](auto scalar) {
+      Exec space;
+      trellis_cli::evaluate_checkpoint<Exec, decltype(scalar)>(space, s, t.checkpoint, t.split);
+    });
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,15 +268,64 @@ int main(int argc, char** argv) {
   from_rnn_cmd->add_option("--output", fr.output, "safetensors to write y (T, N, hidden) to")->required();
   add_common(from_rnn_cmd);
 
+  TrainCommand tr;
+  auto add_model_flags = [&](CLI::App* sub) {
+    for (auto const* list : {&trellis_cli::model_flags(), &trellis_cli::training_flags()})
+      for (auto const& info : *list) {
+        if (std::string(info.name) == "wnorm") continue;
+        // As argparse: a flag given twice takes its last value.
+        tr.options[info.name] = sub->add_option(std::string("--") + info.name, tr.values[info.name], info.help)
+                                    ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+      }
+    auto* wn = sub->add_flag_callback("--wnorm", [&] { tr.values["wnorm"] = "true"; }, "weight normalisation on");
+    auto* nwn = sub->add_flag_callback("--no-wnorm", [&] { tr.values["wnorm"] = "false"; }, "weight normalisation off");
+    wn->excludes(nwn);
+    tr.options["wnorm"] = wn;
+    tr.wnorm_off = nwn;
+    sub->add_option("--data-dir", tr.data_dir,
+                    "where scripts/fetch-data put the data sets (default: $TRELLIS_DATA or ~/.cache/trellis)");
+  };
+  auto* train_cmd = app.add_subcommand("train", "train a TrellisNet on a real data set");
+  train_cmd->add_option("--task", tr.task, "charlm|wordlm|seqclass")->required();
+  train_cmd->add_option("--data", tr.data,
+                        "sotu (charlm, wordlm); fashion-row, fashion-pixel, fashion-permuted, mnist-pixel, mnist-permuted (seqclass)")
+      ->required();
+  train_cmd->add_option("--run-dir", tr.run_dir, "directory for curves.csv, curves.png, checkpoint.safetensors, log.txt")
+      ->required();
+  train_cmd->add_option("--minutes", tr.minutes, "training time (not counting data preparation, validation, checkpoints)")
+      ->capture_default_str();
+  train_cmd->add_flag("--resume", tr.resume, "continue from the run directory's checkpoint");
+  add_model_flags(train_cmd);
+  add_common(train_cmd);
+  train_cmd->footer(trellis_cli::defaults_help());
+
+  auto* eval_cmd = app.add_subcommand("eval", "score a checkpoint of trellis train");
+  eval_cmd->add_option("--checkpoint", tr.checkpoint, "checkpoint.safetensors of a run")->required();
+  eval_cmd->add_option("--data", tr.data, "the data set it was trained on")->required();
+  eval_cmd->add_option("--split", tr.split, "valid|test")->capture_default_str();
+  eval_cmd->add_option("--data-dir", tr.data_dir,
+                       "where scripts/fetch-data put the data sets (default: $TRELLIS_DATA or ~/.cache/trellis)");
+  eval_cmd->add_option("--eval-batch-size", tr.values["eval-batch-size"], "batch size of evaluation");
+  tr.options["eval-batch-size"] = eval_cmd->get_option("--eval-batch-size");
+  add_common(eval_cmd);
+
   try {
     app.parse(argc, argv);
   } catch (CLI::ParseError const& e) {
     return app.exit(e);
   }
+#if defined(__SSE__) || defined(__x86_64__)
+  // Flush denormals to zero (FTZ, DAZ) before Kokkos starts its threads, which inherit
+  // it: training drives some gradients below FLT_MIN, and denormal arithmetic on x86
+  // made steps several times slower as a run went on.
+  _mm_setcsr(_mm_getcsr() | 0x8040);
+#endif
   trellis::detail::initialize_kokkos(common.threads);
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);
+    if (*train_cmd) train(tr, common);
+    if (*eval_cmd) evaluate(tr, common, eval_cmd->get_option("--precision")->count() > 0);
   } catch (std::exception const& e) {
     std::fprintf(stderr, "trellis %s: %s\n", app.get_subcommands().front()->get_name().c_str(), e.what());
     status = 1;

@@ -2,8 +2,15 @@
 // Umbrella header of trellis: Trellis Networks on Kokkos.
 #include <trellis/activation.hpp>
 #include <trellis/blas.hpp>
+#include <trellis/cross_entropy.hpp>
 #include <trellis/dropout.hpp>
+#include <trellis/embedding.hpp>
 #include <trellis/errors.hpp>
+#include <trellis/language_model.hpp>
+#include <trellis/linear.hpp>
+#include <trellis/mixture_of_softmaxes.hpp>
+#include <trellis/optimizers.hpp>
+#include <trellis/parameter_list.hpp>
 #include <trellis/parameters.hpp>
 #include <trellis/recurrent.hpp>
 #include <trellis/shape.hpp>
@@ -11,6 +18,8 @@
 #include <trellis/tensor_io.hpp>
 #include <trellis/rnn_sparse.hpp>
 #include <trellis/safetensors.hpp>
+#include <trellis/sequence_classifier.hpp>
+#include <trellis/sequence_dropout.hpp>
 #include <trellis/trellis_network.hpp>
 #include <trellis/version.hpp>
 #include <trellis/weight_tying.hpp>

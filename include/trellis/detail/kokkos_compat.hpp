@@ -7,10 +7,12 @@ namespace trellis::detail {
 
 #if KOKKOS_VERSION >= 40000
 using Kokkos::exp;
+using Kokkos::log;
 using Kokkos::sqrt;
 using Kokkos::tanh;
 #else
 using Kokkos::Experimental::exp;
+using Kokkos::Experimental::log;
 using Kokkos::Experimental::sqrt;
 using Kokkos::Experimental::tanh;
 #endif
