@@ -562,7 +562,7 @@ TEST_CASE("batching: contiguous rows, repack segments and scored windows as the 
   CHECK(r[1].length == 2);
   CHECK(r[1].scored_from == 0);
   CHECK(!r[0].reset_state);
-  std::vector<std::int32_t> tok(8), tgt(8);
+  std::vector<std::int32_t> tok(4 * 3), tgt(4 * 3);  // (length, rows)
   td::fill_segment(b, r[0], tok.data(), tgt.data());
   CHECK(tok[0] == 0);   // (t 0, row 0)
   CHECK(tok[1] == 7);   // (t 0, row 1)

@@ -170,8 +170,8 @@ class LanguageModel {
 
  private:
   void initialize(std::uint64_t seed) {
-    // The reference: embedding U(-0.1, 0.1), decoder bias 0; MoS layers as PyTorch's
-    // Linear default, U(-1/sqrt(in), 1/sqrt(in)).
+    // The reference: embedding U(-0.1, 0.1), decoder bias 0; the MoS weights
+    // U(-0.1, 0.1), their biases PyTorch's Linear default U(-1/sqrt(in), 1/sqrt(in)).
     std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
     auto uniform = [&](auto const& view, double bound) {
       std::uniform_real_distribution<double> u(-bound, bound);
@@ -182,9 +182,9 @@ class LanguageModel {
     uniform(encoder_.weight, 0.1);
     if (config_.n_experts > 0) {
       double const b = 1.0 / std::sqrt(double(config_.core.nout));
-      uniform(mixsoft_.prior.weight, b);
+      uniform(mixsoft_.prior.weight, 0.1);
       uniform(mixsoft_.prior.bias, b);
-      uniform(mixsoft_.latent.weight, b);
+      uniform(mixsoft_.latent.weight, 0.1);
       uniform(mixsoft_.latent.bias, b);
     }
   }
