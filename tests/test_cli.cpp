@@ -117,3 +117,106 @@ TEST_CASE("trellis from-rnn reproduces a truncated PyTorch-style LSTM") {
     CHECK(err.find("--cell") != std::string::npos);
   }
 }
+
+namespace {
+
+std::string fixture_file(std::string const& name, char const* file) {
+  return std::string(TRELLIS_FIXTURES_DIR) + "/" + name + "/" + file;
+}
+
+/// max|a - b| / max|b| of the tensor `key` of two files.
+double relative_difference(st::File const& got, std::string const& key, st::File const& want, std::string const& wkey) {
+  auto const& a = got.at("output", key);
+  auto const& b = want.at("expected", wkey);
+  REQUIRE(a.shape == b.shape);
+  auto const x = a.to_double(), y = b.to_double();
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    scale = std::max(scale, std::abs(y[i]));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+TEST_CASE("trellis run reproduces PyTorch's forward pass of a core and of a language model") {
+  auto const dir = work_dir();
+  for (std::string precision : {"fp64", "fp32"}) {
+    CAPTURE(precision);
+    double const tol = precision == "fp64" ? 1e-10 : 1e-5;
+    std::string const tag = precision == "fp64" ? "f64." : "f32.";
+    for (std::string name : {"core_wnorm_d213", "core_plain_d12"}) {
+      CAPTURE(name);
+      auto const out = (dir / ("run_" + name + precision + ".safetensors")).string();
+      auto [status, err] = run_cli("run --model " + fixture_file(name, "model.safetensors") + " --input " +
+                                   fixture_file(name, "input.safetensors") + " --output " + out + " --precision " +
+                                   precision);
+      REQUIRE_MESSAGE(status == 0, err);
+      auto const got = st::read(out);
+      auto const want = st::read(fixture_file(name, "expected.safetensors"));
+      CHECK(got.tensors.size() == 4);
+      for (std::string key : {"out", "h", "c", "aux"}) CHECK(relative_difference(got, key, want, tag + key) <= tol);
+    }
+    auto const out = (dir / ("run_lm" + precision + ".safetensors")).string();
+    auto [status, err] = run_cli("run --model " + fixture_file("lm_mos", "model.safetensors") + " --input " +
+                                 fixture_file("lm_mos", "input.safetensors") + " --output " + out + " --precision " +
+                                 precision);
+    REQUIRE_MESSAGE(status == 0, err);
+    auto const got = st::read(out);
+    auto const want = st::read(fixture_file("lm_mos", "expected.safetensors"));
+    for (std::string key : {"log_probs", "h", "c"}) CHECK(relative_difference(got, key, want, tag + key) <= tol);
+  }
+
+  SUBCASE("errors name the file and the tensor, and write nothing") {
+    auto const never = (dir / "never.safetensors").string();
+    std::filesystem::remove(never);
+    auto run = [&](std::string const& model, std::string const& input) {
+      return run_cli("run --model " + model + " --input " + input + " --output " + never);
+    };
+    auto const core_model = fixture_file("core_wnorm_d12", "model.safetensors");
+    auto const lm_model = fixture_file("lm_tied", "model.safetensors");
+
+    st::File x_only;
+    x_only.tensors["x"] = st::Tensor::from_double(st::DType::F32, {2, 4, 5}, std::vector<double>(40, 0.5));
+    st::write((dir / "x_wide.safetensors").string(), x_only);
+    auto [s1, e1] = run(core_model, (dir / "x_wide.safetensors").string());
+    CHECK(s1 != 0);
+    CHECK(e1.find("tensor 'x' has shape (2, 4, 5), expected (N, 3, L)") != std::string::npos);
+
+    st::File typo;
+    typo.tensors["x"] = st::Tensor::from_double(st::DType::F32, {2, 3, 5}, std::vector<double>(30, 0.5));
+    typo.tensors["h0"] = st::Tensor::from_double(st::DType::F32, {2, 7, 1}, std::vector<double>(14, 0.5));
+    st::write((dir / "x_typo.safetensors").string(), typo);
+    auto [s2, e2] = run(core_model, (dir / "x_typo.safetensors").string());
+    CHECK(s2 != 0);
+    CHECK(e2.find("tensor 'h0' is not an input of this model") != std::string::npos);
+
+    st::File bad_state;
+    bad_state.tensors["x"] = typo.tensors["x"];
+    bad_state.tensors["h"] = st::Tensor::from_double(st::DType::F32, {2, 6, 1}, std::vector<double>(12, 0.5));
+    st::write((dir / "x_state.safetensors").string(), bad_state);
+    auto [s3, e3] = run(core_model, (dir / "x_state.safetensors").string());
+    CHECK(s3 != 0);
+    CHECK(e3.find("tensor 'h' has shape (2, 6, 1), expected (2, 7, 1)") != std::string::npos);
+
+    st::File tokens;
+    tokens.tensors["tokens"] = st::Tensor::from_double(st::DType::I64, {1, 3}, {1, 13, 2});
+    st::write((dir / "tokens_bad.safetensors").string(), tokens);
+    auto [s4, e4] = run(lm_model, (dir / "tokens_bad.safetensors").string());
+    CHECK(s4 != 0);
+    CHECK(e4.find("tensor 'tokens' holds 13.000000 at (0, 1); tokens are integers in [0, 13)") != std::string::npos);
+
+    auto model = st::read(core_model);
+    model.tensors["full_conv.weight3_v"] = model.tensors.at("full_conv.weight1_v");
+    st::write((dir / "model_extra.safetensors").string(), model);
+    auto [s5, e5] = run((dir / "model_extra.safetensors").string(), fixture_file("core_wnorm_d12", "input.safetensors"));
+    CHECK(s5 != 0);
+    CHECK(e5.find("tensor 'full_conv.weight3_v' is not part of a core with weight normalisation") != std::string::npos);
+
+    auto [s6, e6] = run(fixture_file("lm_tied", "model.safetensors"), fixture_file("core_wnorm_d12", "input.safetensors"));
+    CHECK(s6 != 0);
+    CHECK(e6.find("tensor 'x' is not an input of this model (inputs: c h tokens)") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(never));
+  }
+}

@@ -311,3 +311,24 @@ TEST_CASE("learning-rate schedules: steps and on plateau") {
 }
 
 }  // namespace
+
+TEST_CASE("init_std rescales the reference's N(0, 0.01) draws of the core; other values are refused") {
+  using Exec = Kokkos::DefaultHostExecutionSpace;
+  Exec space;
+  trellis::LanguageModelConfig cfg;
+  cfg.core.ninp = 3;
+  cfg.core.nhid = 2;
+  cfg.core.nout = 3;
+  cfg.core.nlevels = 2;
+  cfg.ntoken = 5;
+  trellis::LanguageModel<Exec, double> reference(space, cfg, 7);
+  cfg.init_std = 0.05;
+  trellis::LanguageModel<Exec, double> wider(space, cfg, 7);
+  auto const a = to_host(reference.core().parameters().weight2), b = to_host(wider.core().parameters().weight2);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(b[i] == doctest::Approx(5 * a[i]).epsilon(1e-12));
+  CHECK(to_host(reference.encoder().weight) == to_host(wider.encoder().weight));  // the embedding keeps its init
+  cfg.init_std = 0;
+  using Model = trellis::LanguageModel<Exec, double>;
+  CHECK_THROWS_WITH_AS(Model(space, cfg, 7), doctest::Contains("init_std is 0"), trellis::invalid_argument);
+}

@@ -214,6 +214,8 @@ TEST_CASE("trellis train: bad data and bad flags are clear errors that lose noth
     CHECK(contains(run_cli("train" + common + run + " --nout 5").err, "nout (5) must equal ninp (8)"));
     CHECK(contains(run_cli("train --task seqclass --data sotu" + run).err, "--data sotu"));
     CHECK(contains(run_cli("train" + common + run + " --minutes 0").err, "--minutes"));
+    CHECK(contains(run_cli("train" + common + run + " --init-std 0").err, "--init-std 0: must be positive"));
+    CHECK(contains(run_cli("train" + common + run + " --anneal 1.5").err, "--anneal 1.5: not in [0, 1]"));
   }
   SUBCASE("a truncated gzip") {
     auto const dir = make_fashion(5010, 20);

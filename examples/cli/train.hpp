@@ -59,6 +59,7 @@ inline std::vector<FlagInfo> const& model_flags() {
       {"n-experts", "mixture of softmaxes experts (0: tied decoder)"},
       {"alpha", "AR weight"},
       {"beta", "TAR weight"},
+      {"init-std", "the core's weights and bias start from N(0, init-std) (the reference: 0.01)"},
   };
   return flags;
 }
@@ -78,7 +79,7 @@ inline std::vector<FlagInfo> const& training_flags() {
       {"gamma", "factor of the step schedule"},
       {"plateau-patience", "validations without improvement before lr *= plateau-factor (-1: off)"},
       {"plateau-factor", "factor of the plateau schedule"},
-      {"anneal", "over this last fraction of the session's minutes, lr falls linearly to 0 (0: off)"},
+      {"anneal", "over this last fraction of the session (its minutes, or --max-steps if that ends it first), lr falls linearly to 0 (0: off)"},
       {"eval-minutes", "training minutes between validations"},
       {"valid-tokens", "validations during training score this many tokens / images (0: all)"},
       {"checkpoint-minutes", "training minutes between checkpoints"},
@@ -94,7 +95,7 @@ inline Flags task_defaults(std::string const& task, std::string const& data) {
           {"n-experts", "0"},  {"alpha", "0"},     {"beta", "0"},        {"optim", "adam"},   {"wdecay", "0"},
           {"momentum", "0"},   {"when", "[]"},     {"gamma", "0.1"},     {"plateau-patience", "-1"},
           {"plateau-factor", "0.5"}, {"max-steps", "0"}, {"seed", "1111"}, {"checkpoint-minutes", "2"},
-          {"wnorm", "true"}, {"log-every", "50"}, {"anneal", "0"}};
+          {"wnorm", "true"}, {"log-every", "50"}, {"anneal", "0"}, {"init-std", "0.01"}};
   auto assign = [&f](Flags const& values) {
     for (auto const& [k, v] : values) f[k] = v;
   };
@@ -182,6 +183,18 @@ inline double probability(Flags const& f, std::string const& name) {
 inline long positive(Flags const& f, std::string const& name) {
   long const v = to_integer(f, name);
   if (v < 1) throw trellis::invalid_argument("--" + name + " " + f.at(name) + ": must be at least 1");
+  return v;
+}
+
+/// What a checkpoint holds besides the model: the task's own tensors and those of train_loop.
+inline std::vector<std::string> checkpoint_extras(std::vector<std::string> task_tensors) {
+  for (char const* n : {"optim.", "step", "progress", "rng"}) task_tensors.push_back(n);
+  return task_tensors;
+}
+
+inline double init_std(Flags const& f) {
+  double const v = to_number(f, "init-std");
+  if (!(v > 0)) throw trellis::invalid_argument("--init-std " + f.at("init-std") + ": must be positive");
   return v;
 }
 
@@ -392,6 +405,7 @@ class LanguageTask {
     c.dropoutl = probability(f, "dropoutl");
     c.emb_dropout = probability(f, "emb-dropout");
     c.wdrop = probability(f, "wdrop");
+    c.init_std = init_std(f);
     c.aux = to_number(f, "aux");
     c.alpha = to_number(f, "alpha");
     c.beta = to_number(f, "beta");
@@ -461,7 +475,7 @@ class LanguageTask {
   }
   void load(trellis::safetensors::File const& f, std::string const& path) {
     check_vocabulary(f, path, corpus_);
-    trellis::read_language_model(f, path, model_);
+    trellis::read_language_model(f, path, model_, checkpoint_extras({"state.h", "state.c"}));
     if (f.has("state.h")) {
       trellis::from_tensor(state_.h, f.at(path, "state.h"), path, "state.h");
       trellis::from_tensor(state_.c, f.at(path, "state.c"), path, "state.c");
@@ -535,6 +549,7 @@ class ClassifierTask {
     c.dropouti = probability(f, "dropouti");
     c.dropouth = probability(f, "dropouth");
     c.wdrop = probability(f, "wdrop");
+    c.init_std = init_std(f);
     return c;
   }
 
@@ -589,7 +604,7 @@ class ClassifierTask {
     }
   }
   void load(trellis::safetensors::File const& f, std::string const& path) {
-    trellis::read_sequence_classifier(f, path, model_);
+    trellis::read_sequence_classifier(f, path, model_, checkpoint_extras({"permutation"}));
     if (!permutation_.empty()) {
       auto const& t = f.at(path, "permutation");
       auto const v = t.to_double();
@@ -803,7 +818,9 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
       batch_in_epoch = 0;
       task.start_epoch(epoch);
     }
-    double const left = (budget - session) / budget;
+    // With --max-steps the session ends at whichever comes first, so anneal over that one.
+    double const left = std::min((budget - session) / budget,
+                                 max_steps > 0 ? double(max_steps - step) / double(max_steps) : 1.0);
     opt.set_lr(anneal > 0 && left < anneal ? scheduled_lr * left / anneal : scheduled_lr);
     auto const t0 = clock();
     auto const r = task.step(batch_in_epoch, rng);

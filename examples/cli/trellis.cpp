@@ -4,6 +4,7 @@
 //
 //   trellis from-rnn --state-dict R.safetensors --cell lstm|rnn-tanh|rnn-relu
 //                    --history L --input X.safetensors --output Y.safetensors
+//   trellis run --model M.safetensors --input X.safetensors --output Y.safetensors
 //   trellis train --task charlm|wordlm|seqclass --data NAME --run-dir DIR --minutes M [flags] [--resume]
 //   trellis eval --checkpoint C.safetensors --data NAME [--split valid|test]
 #include <CLI/CLI.hpp>
@@ -141,6 +142,107 @@ void from_rnn(FromRnn const& a, Common const& common) {
   });
 }
 
+struct RunCommand {
+  std::string model, input, output;
+};
+
+/// Every input tensor must be one `run` reads: a misspelt name is an error, not ignored.
+void check_input_names(trellis::safetensors::File const& input, std::string const& path,
+                       std::set<std::string> const& names) {
+  for (auto const& [name, t] : input.tensors)
+    if (!names.count(name)) {
+      std::string list;
+      for (auto const& n : names) list += " " + n;
+      throw trellis::file_error(path + ": tensor '" + name + "' is not an input of this model (inputs:" + list + ")");
+    }
+}
+
+template <class Scalar>
+constexpr trellis::safetensors::DType dtype_of() {
+  return std::is_same_v<Scalar, double> ? trellis::safetensors::DType::F64 : trellis::safetensors::DType::F32;
+}
+
+/// The core: x (N, ninp, L), optional h, c (N, q, 1) -> out (N, L, nout), h, c, aux.
+template <class Exec, class Scalar>
+void run_core(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
+              trellis::safetensors::File const& input) {
+  Exec space;
+  auto const shape = trellis::read_core_shape(model, a.model);
+  using Net = trellis::TrellisNetwork<Exec, Scalar>;
+  Net net(space, shape);
+  if (common.tf32) net.set_math_mode(trellis::blas::MathMode::tf32);
+  trellis::read_core_model(model, a.model, net);
+  check_input_names(input, a.input, {"x", "h", "c"});
+  auto const& xt = input.at(a.input, "x");
+  if (xt.shape.size() != 3 || xt.shape[1] != shape.ninp || xt.shape[0] < 1 || xt.shape[2] < 1)
+    throw trellis::file_error(a.input + ": tensor 'x' has shape " + trellis::detail::shape_of(trellis::tensor_shape(xt)) +
+                              ", expected (N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
+  long const N = xt.shape[0], L = xt.shape[2], q = shape.q();
+  typename Net::sequence_view x("x", L, N, shape.ninp), out("out", L, N, shape.nout);
+  trellis::sequence_from_reference(x, xt, a.input, "x");
+  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q);
+  if (input.has("h")) trellis::state_from_reference(h0, input.at(a.input, "h"), a.input, "h");
+  if (input.has("c")) trellis::state_from_reference(c0, input.at(a.input, "c"), a.input, "c");
+  typename Net::aux_view aux;
+  if (shape.naux() > 0) aux = typename Net::aux_view("aux", shape.naux(), L, N, shape.nout);
+  typename Net::cache_type cache;
+  net.forward(space, x, h0, c0, out, h, c, aux, cache);
+  trellis::safetensors::File o;
+  constexpr auto dtype = dtype_of<Scalar>();
+  o.tensors["out"] = trellis::output_to_reference(out, dtype);
+  o.tensors["h"] = trellis::state_to_reference(h, dtype);
+  o.tensors["c"] = trellis::state_to_reference(c, dtype);
+  if (shape.naux() > 0) o.tensors["aux"] = trellis::aux_to_reference(aux, dtype);
+  trellis::safetensors::write(a.output, o);
+  std::printf("wrote out (%ld, %ld, %d), h, c%s to %s\n", N, L, shape.nout, shape.naux() > 0 ? ", aux" : "",
+              a.output.c_str());
+}
+
+/// The language model: tokens (N, L), optional h, c -> log_probs (N, L, ntoken), h, c.
+template <class Exec, class Scalar>
+void run_language_model(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
+                        trellis::safetensors::File const& input) {
+  Exec space;
+  using Model = trellis::LanguageModel<Exec, Scalar>;
+  Model lm(space, trellis::read_language_model_config(model, a.model));
+  if (common.tf32) lm.core().set_math_mode(trellis::blas::MathMode::tf32);
+  trellis::read_language_model(model, a.model, lm);
+  check_input_names(input, a.input, {"tokens", "h", "c"});
+  auto const& tt = input.at(a.input, "tokens");
+  if (tt.shape.size() != 2 || tt.shape[0] < 1 || tt.shape[1] < 1)
+    throw trellis::file_error(a.input + ": tensor 'tokens' has shape " +
+                              trellis::detail::shape_of(trellis::tensor_shape(tt)) + ", expected (N, L) with N, L >= 1");
+  long const N = tt.shape[0], L = tt.shape[1], V = lm.config().ntoken;
+  Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N);
+  trellis::tokens_from_reference(tokens, tt, V, a.input, "tokens");
+  auto state = lm.make_state(N);
+  if (input.has("h")) trellis::state_from_reference(state.h, input.at(a.input, "h"), a.input, "h");
+  if (input.has("c")) trellis::state_from_reference(state.c, input.at(a.input, "c"), a.input, "c");
+  typename Model::matrix log_probs("log_probs", L * N, V);
+  // Scoring the tokens against themselves only fills log_probs; the NLL is not used.
+  lm.evaluate(space, tokens, tokens, 0, state, log_probs);
+  trellis::safetensors::File o;
+  constexpr auto dtype = dtype_of<Scalar>();
+  o.tensors["log_probs"] = trellis::rows_to_reference(log_probs, L, N, dtype);
+  o.tensors["h"] = trellis::state_to_reference(state.h, dtype);
+  o.tensors["c"] = trellis::state_to_reference(state.c, dtype);
+  trellis::safetensors::write(a.output, o);
+  std::printf("wrote log_probs (%ld, %ld, %ld), h, c to %s\n", N, L, V, a.output.c_str());
+}
+
+void run(RunCommand const& a, Common const& common) {
+  auto const model = trellis::safetensors::read(a.model);
+  auto const input = trellis::safetensors::read(a.input);
+  bool const language_model = model.metadata.count("ntoken") > 0;
+  with_backend(common.backend, [&]<class Exec>() {
+    with_precision(common.precision, [&](auto scalar) {
+      using Scalar = decltype(scalar);
+      if (language_model) run_language_model<Exec, Scalar>(a, common, model, input);
+      else run_core<Exec, Scalar>(a, common, model, input);
+    });
+  });
+}
+
 struct TrainCommand {
   std::string task, data, run_dir, data_dir, checkpoint, split = "test";
   double minutes = 10;
@@ -178,13 +280,6 @@ trellis_cli::Flags resolve_flags(TrainCommand const& t, trellis::safetensors::Fi
   return flags;
 }
 
-template <class F>
-void with_training_precision(std::string const& precision, F&& f) {
-  if (precision == "fp32") return f(float{});
-  if (precision == "fp64") return f(double{});
-  throw trellis::invalid_argument("--precision " + precision + ": expected fp32 or fp64");
-}
-
 void train(TrainCommand& t, Common const& common) {
   trellis_cli::check_task_data(t.task, t.data);
   if (!(t.minutes > 0)) throw trellis::invalid_argument("--minutes " + std::to_string(t.minutes) + ": must be positive");
@@ -211,7 +306,7 @@ void train(TrainCommand& t, Common const& common) {
     s.flags = resolve_flags(t, nullptr, "", true);
   }
   with_backend(common.backend, [&]<class Exec>() {
-    with_training_precision(common.precision, [&](auto scalar) {
+    with_precision(common.precision, [&](auto scalar) {
       using Scalar = decltype(scalar);
       Exec space;
       trellis_cli::with_task<Exec, Scalar>(space, s, [&](auto& task) { trellis_cli::train_loop(space, task, s); });
@@ -235,7 +330,7 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
   with_backend(common.backend, [&]<class Exec>() {
-    with_training_precision(common.precision, [&](auto scalar) {
+    with_precision(common.precision, [&](auto scalar) {
       Exec space;
       trellis_cli::evaluate_checkpoint<Exec, decltype(scalar)>(space, s, t.checkpoint, t.split);
     });
@@ -267,6 +362,16 @@ int main(int argc, char** argv) {
   from_rnn_cmd->add_option("--input", fr.input, "safetensors with x (T, N, input)")->required();
   from_rnn_cmd->add_option("--output", fr.output, "safetensors to write y (T, N, hidden) to")->required();
   add_common(from_rnn_cmd);
+
+  RunCommand rc;
+  auto* run_cmd = app.add_subcommand(
+      "run", "the forward pass of a core (x, h, c -> out, h, c, aux) or a language model (tokens -> log_probs, h, c)");
+  run_cmd->add_option("--model", rc.model, "safetensors in the reference's names; a language model when its metadata has ntoken")
+      ->required();
+  run_cmd->add_option("--input", rc.input, "safetensors with x (N, ninp, L) [h, c (N, q, 1)], or tokens (N, L) [h, c]")
+      ->required();
+  run_cmd->add_option("--output", rc.output, "safetensors to write the outputs to")->required();
+  add_common(run_cmd);
 
   TrainCommand tr;
   auto add_model_flags = [&](CLI::App* sub) {
@@ -324,6 +429,7 @@ int main(int argc, char** argv) {
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);
+    if (*run_cmd) run(rc, common);
     if (*train_cmd) train(tr, common);
     if (*eval_cmd) evaluate(tr, common, eval_cmd->get_option("--precision")->count() > 0);
   } catch (std::exception const& e) {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -96,6 +97,37 @@ inline void require_equal(safetensors::File const& f, std::string const& path, s
 }  // namespace detail
 
 /// The core's metadata keys (INTERFACES.md).
+namespace detail {
+
+/// Every name a core's tensor may have under `prefix` (with or without weight drop's "_raw").
+inline void core_keys(std::set<std::string>& keys, std::string const& prefix, bool weight_norm) {
+  for (std::string const raw : {"", "_raw"}) {
+    keys.insert(prefix + (weight_norm ? "weight1_v" : "weight1") + raw);
+    keys.insert(prefix + (weight_norm ? "weight2_v" : "weight2") + raw);
+  }
+  if (weight_norm) {
+    keys.insert(prefix + "weight1_g");
+    keys.insert(prefix + "weight2_g");
+  }
+  keys.insert(prefix + "bias2");
+}
+
+/// A tensor that no reader takes is an error naming it: a misspelt name, or a tensor
+/// of another model, never passes silently. `also` holds what the caller reads itself:
+/// exact names, or prefixes ending in '.'.
+inline void reject_unknown(safetensors::File const& f, std::string const& path, std::set<std::string> const& known,
+                           std::vector<std::string> const& also, char const* what) {
+  for (auto const& [name, t] : f.tensors) {
+    if (known.count(name)) continue;
+    bool taken = false;
+    for (auto const& a : also)
+      taken = taken || name == a || (!a.empty() && a.back() == '.' && name.rfind(a, 0) == 0);
+    if (!taken) throw file_error(path + ": tensor '" + name + "' is not part of " + what);
+  }
+}
+
+}  // namespace detail
+
 inline void write_shape_metadata(std::map<std::string, std::string>& meta, TrellisShape const& s) {
   meta["ninp"] = std::to_string(s.ninp);
   meta["nhid"] = std::to_string(s.nhid);
@@ -235,8 +267,12 @@ inline LanguageModelConfig read_language_model_config(safetensors::File const& f
   return c;
 }
 
+/// Reads a language model in the reference's names. A tensor the model does not have is
+/// an error unless `also` names it (see detail::reject_unknown): a checkpoint passes
+/// its optimiser state and counters there.
 template <class Exec, class Scalar>
-void read_language_model(safetensors::File const& f, std::string const& path, LanguageModel<Exec, Scalar>& m) {
+void read_language_model(safetensors::File const& f, std::string const& path, LanguageModel<Exec, Scalar>& m,
+                         std::vector<std::string> const& also = {}) {
   auto const& c = m.config();
   auto const file_config = read_language_model_config(f, path);
   if (file_config.core.describe() != c.core.describe() || file_config.ntoken != c.ntoken ||
@@ -245,6 +281,18 @@ void read_language_model(safetensors::File const& f, std::string const& path, La
                      " ntoken=" + std::to_string(file_config.ntoken) + " n_experts=" +
                      std::to_string(file_config.n_experts) + "; expected " + c.core.describe() + " ntoken=" +
                      std::to_string(c.ntoken) + " n_experts=" + std::to_string(c.n_experts));
+  {
+    std::set<std::string> known{"encoder.weight", "decoder.weight", "decoder.bias"};
+    for (char const* prefix : {"tnet.module.full_conv.", "network.0.module.full_conv."})
+      detail::core_keys(known, prefix, c.core.weight_norm);
+    if (c.n_experts > 0)
+      for (std::string const prefix : {"mixsoft.", "network.1."})
+        for (char const* n : {"prior.weight", "prior.bias", "latent.weight", "latent.bias", "decoder.weight", "decoder.bias"})
+          known.insert(prefix + n);
+    detail::reject_unknown(f, path, known, also,
+                           c.n_experts > 0 ? "a language model with a mixture of softmaxes"
+                                           : "a language model with a tied decoder (n_experts 0)");
+  }
   from_tensor(m.encoder().weight, f.at(path, "encoder.weight"), path, "encoder.weight");
   if (f.has("decoder.weight")) detail::require_equal(f, path, "encoder.weight", "decoder.weight");
   from_tensor(m.decoder().bias, f.at(path, "decoder.bias"), path, "decoder.bias");
@@ -265,6 +313,9 @@ void read_language_model(safetensors::File const& f, std::string const& path, La
       if (f.has(std::string("network.1.") + n))
         detail::require_equal(f, path, std::string("mixsoft.") + n, std::string("network.1.") + n);
     if (f.has("mixsoft.decoder.weight")) detail::require_equal(f, path, "encoder.weight", "mixsoft.decoder.weight");
+    if (f.has("mixsoft.decoder.bias")) detail::require_equal(f, path, "decoder.bias", "mixsoft.decoder.bias");
+    if (f.has("network.1.decoder.weight")) detail::require_equal(f, path, "encoder.weight", "network.1.decoder.weight");
+    if (f.has("network.1.decoder.bias")) detail::require_equal(f, path, "decoder.bias", "network.1.decoder.bias");
   }
 }
 
@@ -279,15 +330,45 @@ void write_sequence_classifier(safetensors::File& f, SequenceClassifier<Exec, Sc
 }
 
 template <class Exec, class Scalar>
-void read_sequence_classifier(safetensors::File const& f, std::string const& path, SequenceClassifier<Exec, Scalar>& m) {
+void read_sequence_classifier(safetensors::File const& f, std::string const& path, SequenceClassifier<Exec, Scalar>& m,
+                              std::vector<std::string> const& also = {}) {
   auto const& c = m.config();
   auto const s = read_shape_metadata(f.metadata, path);
   if (s.describe() != c.core.describe() || metadata_int(f.metadata, path, "nclasses") != c.nclasses)
     throw file_error(path + ": holds a classifier with " + s.describe() + " nclasses=" + f.metadata.at("nclasses") +
                      "; expected " + c.core.describe() + " nclasses=" + std::to_string(c.nclasses));
+  std::set<std::string> known{"linear.weight", "linear.bias"};
+  detail::core_keys(known, "network.0.module.full_conv.", c.core.weight_norm);
+  detail::reject_unknown(f, path, known, also, "a sequence classifier");
   read_core(f, path, "network.0.module.full_conv.", m.core().parameters(), c.core.weight_norm);
   from_tensor(m.linear().weight, f.at(path, "linear.weight"), path, "linear.weight");
   from_tensor(m.linear().bias, f.at(path, "linear.bias"), path, "linear.bias");
+}
+
+/// A bare core file (INTERFACES.md "core model"): the reference's TrellisNet names under
+/// "full_conv." and the shape in the metadata.
+inline TrellisShape read_core_shape(safetensors::File const& f, std::string const& path) {
+  if (f.metadata.count("ntoken")) throw file_error(path + ": a language model (its metadata has 'ntoken'), not a bare core");
+  return read_shape_metadata(f.metadata, path);
+}
+
+template <class Network>
+void read_core_model(safetensors::File const& f, std::string const& path, Network& net) {
+  auto const& s = net.shape();
+  auto const file_shape = read_core_shape(f, path);
+  if (file_shape.describe() != s.describe())
+    throw file_error(path + ": holds a core with " + file_shape.describe() + "; expected " + s.describe());
+  std::set<std::string> known;
+  detail::core_keys(known, "full_conv.", s.weight_norm);
+  detail::reject_unknown(f, path, known, {}, s.weight_norm ? "a core with weight normalisation"
+                                                          : "a core without weight normalisation");
+  read_core(f, path, "full_conv.", net.parameters(), s.weight_norm);
+}
+
+template <class Network>
+void write_core_model(safetensors::File& f, Network const& net, safetensors::DType dtype) {
+  write_shape_metadata(f.metadata, net.shape());
+  write_core(f, "full_conv.", net.parameters(), net.shape().weight_norm, false, dtype);
 }
 
 }  // namespace trellis

@@ -10,6 +10,7 @@
 //   tokens, targets (L, N) int32; state h, c (N, q). Positions t >= scored_from are scored.
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -40,11 +41,13 @@ struct LanguageModelConfig {
   double wdrop = 0;      ///< the core's weight drop
   double aux = 0;        ///< weight of the aux losses
   double alpha = 0, beta = 0;  ///< AR and TAR
+  double init_std = 0.01;  ///< the core's weights and bias start from N(0, init_std); 0.01 in the reference
 
   void validate(char const* call) const {
     core.validate(call);
     if (ntoken < 2) detail::fail(call, ": ntoken is ", ntoken, ", need at least 2");
     if (n_experts < 0) detail::fail(call, ": n_experts is ", n_experts);
+    if (!(init_std > 0 && std::isfinite(init_std))) detail::fail(call, ": init_std is ", init_std, ", need a positive number");
     if (n_experts == 0 && core.nout != core.ninp)
       detail::fail(call, ": the decoder is tied to the embedding, so nout (", core.nout, ") must equal ninp (",
                    core.ninp, ") without a mixture of softmaxes");
@@ -98,6 +101,8 @@ class LanguageModel {
     if (config_.n_experts > 0)
       mixsoft_ = MixtureOfSoftmaxes<ExecutionSpace, Scalar>("trellis::LanguageModel::mixsoft", s.nout, s.ninp,
                                                             config_.n_experts);
+    // The core drew N(0, 0.01) from this seed; the same draws, rescaled, for another std.
+    if (config_.init_std != 0.01) detail::initialize_parameters(core_.parameters(), seed, config_.init_std);
     initialize(seed);
   }
 
@@ -297,6 +302,7 @@ class LanguageModel {
     return result;
   }
 
+ public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
   /// A token outside [0, ntoken) would index past the embedding or the softmax: an error
   /// naming the first such position and its value.
   void check_tokens(ExecutionSpace const& space, char const* call, char const* name, tokens_view t) const {
@@ -377,6 +383,7 @@ class LanguageModel {
   }
 
   LanguageModelConfig config_;
+ private:
   core_type core_;
   Embedding<ExecutionSpace, Scalar> encoder_;
   Linear<ExecutionSpace, Scalar> decoder_;

@@ -101,7 +101,7 @@ class Optimizer {
     }
   }
 
- private:
+ public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
   void sgd(ExecutionSpace const& space, ParameterRef<memory_space, Scalar> const& p) {
     auto const w = p.value, g = p.grad;
     Scalar const lr = Scalar(options_.lr), wd = Scalar(options_.weight_decay), mom = Scalar(options_.momentum);
@@ -147,6 +147,7 @@ class Optimizer {
   Kind kind_;
   ParameterList<memory_space, Scalar> params_;
   OptimizerOptions options_;
+ private:
   std::map<std::string, flat_view> state_;
   long steps_ = 0;
 };

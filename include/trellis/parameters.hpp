@@ -53,11 +53,12 @@ struct TrellisParameters {
 
 namespace detail {
 
-/// The reference's initialisation: weights and bias from N(0, 0.01); g = ||v|| per row.
+/// The reference's initialisation: weights and bias from N(0, std), std = 0.01 there;
+/// g = ||v|| per row. The same seed gives the same draws, scaled, for any std.
 template <class MemorySpace, class Scalar>
-void initialize_parameters(TrellisParameters<MemorySpace, Scalar> const& p, std::uint64_t seed) {
+void initialize_parameters(TrellisParameters<MemorySpace, Scalar> const& p, std::uint64_t seed, double std = 0.01) {
   std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, 0.01);
+  std::normal_distribution<double> normal(0.0, std);
   auto fill = [&](auto const& view) {
     auto host = Kokkos::create_mirror_view(view);
     Scalar* data = host.data();

@@ -29,10 +29,12 @@ struct SequenceClassifierConfig {
   double dropouti = 0;  ///< elementwise, on the input
   double dropouth = 0;  ///< the core's hidden mask
   double wdrop = 0;     ///< the core's weight drop
+  double init_std = 0.01;  ///< the core's weights and bias start from N(0, init_std); 0.01 in the reference
 
   void validate(char const* call) const {
     core.validate(call);
     if (nclasses < 2) detail::fail(call, ": nclasses is ", nclasses, ", need at least 2");
+    if (!(init_std > 0 && std::isfinite(init_std))) detail::fail(call, ": init_std is ", init_std, ", need a positive number");
     for (double p : {dropout, dropouti, dropouth, wdrop})
       if (!(p >= 0 && p < 1)) detail::fail(call, ": a dropout probability is ", p, ", not in [0, 1)");
   }
@@ -64,15 +66,14 @@ class SequenceClassifier {
       : config_((config.validate("trellis::SequenceClassifier"), std::move(config))),
         core_(space, config_.core, seed),
         linear_("trellis::SequenceClassifier::linear", config_.core.nout, config_.nclasses, true) {
+    if (config_.init_std != 0.01) detail::initialize_parameters(core_.parameters(), seed, config_.init_std);
     // PyTorch's Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     std::mt19937_64 rng(seed ^ 0x5851f42d4c957f2dull);
     double const b = 1.0 / std::sqrt(double(config_.core.nout));
     std::uniform_real_distribution<double> u(-b, b);
-    for (auto const& view : {linear_.weight}) {
-      auto h = Kokkos::create_mirror_view(view);
-      for (std::size_t i = 0; i < h.span(); ++i) h.data()[i] = Scalar(u(rng));
-      Kokkos::deep_copy(view, h);
-    }
+    auto hw = Kokkos::create_mirror_view(linear_.weight);
+    for (std::size_t i = 0; i < hw.span(); ++i) hw.data()[i] = Scalar(u(rng));
+    Kokkos::deep_copy(linear_.weight, hw);
     auto hb = Kokkos::create_mirror_view(linear_.bias);
     for (std::size_t i = 0; i < hb.span(); ++i) hb.data()[i] = Scalar(u(rng));
     Kokkos::deep_copy(linear_.bias, hb);
@@ -134,6 +135,7 @@ class SequenceClassifier {
     aux_ = typename core_type::aux_view(alloc("aux"), s.naux(), L, N, s.nout);
   }
 
+ public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
   ClassifierLoss run(ExecutionSpace const& space, const_sequence x, labels_view labels, Masks const& masks, bool grad,
                      matrix log_probs) {
     char const* call = grad ? "trellis::SequenceClassifier::train_step" : "trellis::SequenceClassifier::evaluate";
@@ -187,6 +189,7 @@ class SequenceClassifier {
   }
 
   SequenceClassifierConfig config_;
+ private:
   core_type core_;
   Linear<ExecutionSpace, Scalar> linear_;
   typename core_type::cache_type cache_;

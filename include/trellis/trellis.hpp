@@ -2,6 +2,7 @@
 // Umbrella header of trellis: Trellis Networks on Kokkos.
 #include <trellis/activation.hpp>
 #include <trellis/blas.hpp>
+#include <trellis/checkpoint.hpp>
 #include <trellis/cross_entropy.hpp>
 #include <trellis/dropout.hpp>
 #include <trellis/embedding.hpp>
@@ -13,6 +14,7 @@
 #include <trellis/parameter_list.hpp>
 #include <trellis/parameters.hpp>
 #include <trellis/recurrent.hpp>
+#include <trellis/reference_layout.hpp>
 #include <trellis/shape.hpp>
 #include <trellis/structure.hpp>
 #include <trellis/tensor_io.hpp>
