@@ -70,8 +70,9 @@ struct GemmCeiling {
   Matrix S, W, A, X, W1, U, dA, dS, dW, dX, dW1;
   long R, q, p, G = 4;
   int slots, levels;
-  explicit GemmCeiling(Config const& c, int injection_slots)
-      : R(c.N * c.L), q(c.nhid + c.nout), p(c.ninp), slots(injection_slots), levels(c.nlevels) {
+  trellis::blas::MathMode mode;  ///< the step's: TF32 rows are held to TF32 GEMMs
+  GemmCeiling(Config const& c, int injection_slots, trellis::blas::MathMode math)
+      : R(c.N * c.L), q(c.nhid + c.nout), p(c.ninp), slots(injection_slots), levels(c.nlevels), mode(math) {
     S = Matrix("S", R, 2 * q);
     W = Matrix("W", G * q, 2 * q);
     A = Matrix("A", R, G * q);
@@ -91,18 +92,18 @@ struct GemmCeiling {
   }
   void forward(Exec const& space) const {
     using trellis::blas::Op;
-    for (int s = 0; s < slots; ++s) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, X, W1, 0.0f, U);
-    for (int l = 0; l < levels; ++l) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A);
+    for (int s = 0; s < slots; ++s) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, X, W1, 0.0f, U, mode);
+    for (int l = 0; l < levels; ++l) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A, mode);
   }
   void backward(Exec const& space) const {
     using trellis::blas::Op;
     for (int l = 0; l < levels; ++l) {
-      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW);
-      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS);
+      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW, mode);
+      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS, mode);
     }
     for (int s = 0; s < slots; ++s) {
-      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, U, X, 1.0f, dW1);
-      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, U, W1, 0.0f, dX);
+      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, U, X, 1.0f, dW1, mode);
+      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, U, W1, 0.0f, dX, mode);
     }
   }
   /// Median seconds of one level's GEMMs alone (forward, and backward when training).
@@ -112,10 +113,10 @@ struct GemmCeiling {
     for (int r = 0; r < reps; ++r) {
       space.fence();
       auto t0 = std::chrono::steady_clock::now();
-      trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A);
+      trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A, mode);
       if (train) {
-        trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW);
-        trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS);
+        trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW, mode);
+        trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS, mode);
       }
       space.fence();
       t.push_back(seconds_since(t0));
@@ -179,7 +180,7 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
     state.SetIterationTime(times.back());
   }
   std::sort(times.begin(), times.end());
-  GemmCeiling ceiling(c, net.injection_slots());
+  GemmCeiling ceiling(c, net.injection_slots(), mode);
   double const gemm_s = ceiling.time(space, train, 3);
   double const level_gemm_s = ceiling.level_time(space, train, 5);
   double const flops_fwd = 16.0 * N * L * q * q * c.nlevels + 2.0 * N * L * 2 * s.ninp * 4 * q * net.injection_slots();
@@ -198,7 +199,7 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
 
 void run_level_gemm(benchmark::State& state, Config const& c, trellis::blas::MathMode mode) {
   Exec space;
-  GemmCeiling g(c, 1);
+  GemmCeiling g(c, 1, mode);
   for (auto _ : state) {
     space.fence();
     auto t0 = std::chrono::steady_clock::now();
