@@ -7,12 +7,15 @@
 
 #include <trellis/version.hpp>
 
+#include "memory_meter.hpp"
+
 void register_trellis_benchmarks();
 void register_rnn_sparse_benchmarks();
 
 int main(int argc, char** argv) {
   Kokkos::ScopeGuard guard(argc, argv);
   using Exec = Kokkos::DefaultExecutionSpace;
+  trellis_bench::MemoryMeter::install<Exec::memory_space>();
   benchmark::AddCustomContext("trellis", trellis::version_string);
   benchmark::AddCustomContext("kokkos_version", std::to_string(KOKKOS_VERSION));
   benchmark::AddCustomContext("execution_space", Exec::name());

@@ -15,6 +15,12 @@
 
 #include <trellis/trellis.hpp>
 
+#include "memory_meter.hpp"
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
 namespace {
 
 using Exec = Kokkos::DefaultExecutionSpace;
@@ -65,14 +71,30 @@ double peak_rss_mib() {
   return double(u.ru_maxrss) / 1024.0;
 }
 
+/// What the device has in use: tensors, the CUDA context, cuBLAS workspaces, pools.
+double device_used_mib() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  std::size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) == cudaSuccess) return double(total - free) / (1024.0 * 1024.0);
+#endif
+  return 0;
+}
+
 /// The bare GEMMs of one step at the same shapes, each alone: the ceiling.
 struct GemmCeiling {
   Matrix S, W, A, X, W1, U, dA, dS, dW, dX, dW1;
   long R, q, p, G = 4;
+  long first_rows;  ///< level 1's history is h0 for t < d only: its GEMMs take these rows
   int slots, levels;
   trellis::blas::MathMode mode;  ///< the step's: TF32 rows are held to TF32 GEMMs
   GemmCeiling(Config const& c, int injection_slots, trellis::blas::MathMode math)
-      : R(c.N * c.L), q(c.nhid + c.nout), p(c.ninp), slots(injection_slots), levels(c.nlevels), mode(math) {
+      : R(c.N * c.L),
+        q(c.nhid + c.nout),
+        p(c.ninp),
+        first_rows(std::min<long>(c.dilation.front(), c.L) * c.N),
+        slots(injection_slots),
+        levels(c.nlevels),
+        mode(math) {
     S = Matrix("S", R, 2 * q);
     W = Matrix("W", G * q, 2 * q);
     A = Matrix("A", R, G * q);
@@ -90,16 +112,21 @@ struct GemmCeiling {
     Kokkos::deep_copy(W1, 0.01f);
     Kokkos::deep_copy(dA, 0.01f);
   }
+  static Matrix rows(Matrix const& m, long n) { return Kokkos::subview(m, std::make_pair(0L, n), Kokkos::ALL); }
   void forward(Exec const& space) const {
     using trellis::blas::Op;
     for (int s = 0; s < slots; ++s) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, X, W1, 0.0f, U, mode);
-    for (int l = 0; l < levels; ++l) trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, S, W, 0.0f, A, mode);
+    for (int l = 0; l < levels; ++l) {
+      long const n = l == 0 ? first_rows : R;
+      trellis::blas::gemm(space, Op::none, Op::transpose, 1.0f, rows(S, n), W, 0.0f, rows(A, n), mode);
+    }
   }
   void backward(Exec const& space) const {
     using trellis::blas::Op;
     for (int l = 0; l < levels; ++l) {
-      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, dA, S, 1.0f, dW, mode);
-      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, dA, W, 0.0f, dS, mode);
+      long const n = l == 0 ? first_rows : R;
+      trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, rows(dA, n), rows(S, n), 1.0f, dW, mode);
+      trellis::blas::gemm(space, Op::none, Op::none, 1.0f, rows(dA, n), W, 0.0f, rows(dS, n), mode);
     }
     for (int s = 0; s < slots; ++s) {
       trellis::blas::gemm(space, Op::transpose, Op::none, 1.0f, U, X, 1.0f, dW1, mode);
@@ -140,11 +167,15 @@ struct GemmCeiling {
   }
 };
 
-void run_step(benchmark::State& state, Config const& c, bool train, trellis::blas::MathMode mode) {
+/// recompute: the core's level recomputation interval (1: keep every level).
+void run_step(benchmark::State& state, Config const& c, bool train, trellis::blas::MathMode mode,
+              int recompute = 1) {
+  trellis_bench::MemoryMeter::reset_peak();
   Exec space;
   auto const s = shape_of(c);
   Net net(space, s);
   net.set_math_mode(mode);
+  net.set_recompute_interval(recompute);
   long const L = c.L, N = c.N, q = s.q();
   Net::sequence_view x("x", L, N, s.ninp), out("out", L, N, s.nout), d_out("d_out", L, N, s.nout);
   Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), cn("c", N, q);
@@ -180,6 +211,11 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
     state.SetIterationTime(times.back());
   }
   std::sort(times.begin(), times.end());
+  // Memory before the ceiling's own matrices exist.
+  state.counters["tensor_peak_MiB"] = trellis_bench::MemoryMeter::peak_mib();
+  state.counters["cache_MiB"] = double(cache.bytes()) / (1024.0 * 1024.0);
+  state.counters["recompute_k"] = net.recompute_interval();
+  if (double const used = device_used_mib(); used > 0) state.counters["device_used_MiB"] = used;
   GemmCeiling ceiling(c, net.injection_slots(), mode);
   double const gemm_s = ceiling.time(space, train, 3);
   double const level_gemm_s = ceiling.level_time(space, train, 5);
@@ -228,6 +264,9 @@ void register_trellis_benchmarks() {
                                              [c, mode = mode](benchmark::State& st) { run_step(st, c, false, mode); }));
       configure(benchmark::RegisterBenchmark((std::string("train_step/") + c.name + suffix).c_str(),
                                              [c, mode = mode](benchmark::State& st) { run_step(st, c, true, mode); }));
+      // Level recomputation with k about sqrt(levels): memory against time.
+      configure(benchmark::RegisterBenchmark((std::string("train_step_recompute/") + c.name + suffix).c_str(),
+                                             [c, mode = mode](benchmark::State& st) { run_step(st, c, true, mode, 0); }));
       configure(benchmark::RegisterBenchmark((std::string("level_gemm/") + c.name + suffix).c_str(),
                                              [c, mode = mode](benchmark::State& st) { run_level_gemm(st, c, mode); }));
     }

@@ -12,6 +12,8 @@
 #include <trellis/recurrent.hpp>
 #include <trellis/safetensors.hpp>
 
+#include "helpers.hpp"
+
 namespace st = trellis::safetensors;
 
 namespace {
@@ -129,13 +131,7 @@ double relative_difference(st::File const& got, std::string const& key, st::File
   auto const& a = got.at("output", key);
   auto const& b = want.at("expected", wkey);
   REQUIRE(a.shape == b.shape);
-  auto const x = a.to_double(), y = b.to_double();
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    diff = std::max(diff, std::abs(x[i] - y[i]));
-    scale = std::max(scale, std::abs(y[i]));
-  }
-  return diff / scale;
+  return trellis::test::relative_error(a.to_double(), b.to_double());
 }
 
 }  // namespace

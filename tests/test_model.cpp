@@ -151,14 +151,22 @@ TEST_CASE_TEMPLATE_DEFINE("language model: log-probabilities normalise, evaluati
 }
 TEST_CASE_TEMPLATE_APPLY(lm_lp, Backends);
 
-TEST_CASE_TEMPLATE_DEFINE("language model and classifier: bad tokens, labels and shapes are clear errors", Exec, bad) {
-  Exec space;
+namespace {
+/// A two-level language model over five tokens: the smallest with every part.
+trellis::LanguageModelConfig tiny_lm_config() {
   trellis::LanguageModelConfig cfg;
   cfg.core.ninp = 3;
   cfg.core.nhid = 2;
   cfg.core.nout = 3;
   cfg.core.nlevels = 2;
   cfg.ntoken = 5;
+  return cfg;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("language model and classifier: bad tokens, labels and shapes are clear errors", Exec, bad) {
+  Exec space;
+  auto cfg = tiny_lm_config();
   trellis::LanguageModel<Exec, double> model(space, cfg, 2);
   auto const tokens = device_tokens<typename Exec::memory_space>({0, 1, 2, 3, 4, 0}, 3, 2);
   auto const bad = device_tokens<typename Exec::memory_space>({0, 1, 2, 5, 4, 0}, 3, 2);
@@ -315,12 +323,7 @@ TEST_CASE("learning-rate schedules: steps and on plateau") {
 TEST_CASE("init_std rescales the reference's N(0, 0.01) draws of the core; other values are refused") {
   using Exec = Kokkos::DefaultHostExecutionSpace;
   Exec space;
-  trellis::LanguageModelConfig cfg;
-  cfg.core.ninp = 3;
-  cfg.core.nhid = 2;
-  cfg.core.nout = 3;
-  cfg.core.nlevels = 2;
-  cfg.ntoken = 5;
+  auto cfg = tiny_lm_config();
   trellis::LanguageModel<Exec, double> reference(space, cfg, 7);
   cfg.init_std = 0.05;
   trellis::LanguageModel<Exec, double> wider(space, cfg, 7);

@@ -154,7 +154,126 @@ TEST_CASE_TEMPLATE_DEFINE("two segments with the carried state follow the refere
   check_close("segment 2 dc0", two.dc0, gr.dc0, tol);
 }
 
+namespace {
+
+// With level recomputation the recomputed levels see the same history, weights and
+// masks as forward did, so on the host every result is the full-memory one bit for bit;
+// devices get a few ulps of room for GEMM algorithms that may differ by workspace.
+template <class Exec, class Scalar, class Tying, class Activation>
+void check_recomputation(Case const& c, int k) {
+  CAPTURE(std::string(c.name));
+  CAPTURE(std::string(Tying::name));
+  CAPTURE(std::string(Activation::name));
+  CAPTURE(sizeof(Scalar));
+  CAPTURE(k);
+  Exec space;
+  std::mt19937_64 rng(5);
+  using Network = trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation>;
+  Network full(space, c.shape), recomputing(space, c.shape);
+  randomize_parameters(full, rng);
+  auto const& P = full.parameters();
+  auto& Q = recomputing.parameters();
+  Kokkos::deep_copy(Q.weight1, P.weight1);
+  Kokkos::deep_copy(Q.weight2, P.weight2);
+  Kokkos::deep_copy(Q.bias2, P.bias2);
+  Kokkos::deep_copy(Q.weight1_g, P.weight1_g);
+  Kokkos::deep_copy(Q.weight2_g, P.weight2_g);
+  recomputing.set_recompute_interval(k);
+  auto masks = c.masks ? fixed_masks(full, c.N, rng) : typename Network::masks_type{};
+  Pass a = random_pass(c.shape, c.L, c.N, rng), b = a;
+  run_network(full, a, masks);
+  run_network(recomputing, b, masks);
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  double const tol = host ? 0.0 : 64 * epsilon<Scalar>();
+  check_close("out", b.out, a.out, tol);
+  check_close("h", b.h, a.h, tol);
+  check_close("c", b.c, a.c, tol);
+  check_close("aux", b.aux, a.aux, tol);
+  check_close("dx", b.dx, a.dx, tol);
+  check_close("dh0", b.dh0, a.dh0, tol);
+  check_close("dc0", b.dc0, a.dc0, tol);
+  check_close("d weight1", b.g_weight1, a.g_weight1, tol);
+  check_close("d weight1_g", b.g_weight1_g, a.g_weight1_g, tol);
+  check_close("d weight2", b.g_weight2, a.g_weight2, tol);
+  check_close("d weight2_g", b.g_weight2_g, a.g_weight2_g, tol);
+  check_close("d bias2", b.g_bias2, a.g_bias2, tol);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("level recomputation gives the full-memory results", Exec, recomputation) {
+  auto all = cases();
+  trellis::TrellisShape deep = all[2].shape;
+  deep.nlevels = 10;
+  deep.dilation = {1, 2, 3};
+  deep.aux_frequency = 3;
+  all.push_back({"ten levels, dilation [1,2,3]", deep, 8, 3, true});
+  for (auto const& c : all) {
+    int const n = c.shape.nlevels;
+    for (int k : {0, 2, 3, n, n + 2}) {
+      check_recomputation<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, k);
+      check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, k);
+    }
+  }
+  auto const& c = all.back();
+  for (int k : {0, 4}) {
+    check_recomputation<Exec, double, trellis::Untied, trellis::LSTMGating>(c, k);
+    check_recomputation<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, k);
+    check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::ElementwiseRelu>(c, k);
+  }
+}
+
+TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and reuses its cache", Exec,
+                          recomputation_memory) {
+  Exec space;
+  std::mt19937_64 rng(9);
+  auto c = cases()[2];
+  c.shape.nlevels = 12;
+  trellis::TrellisNetwork<Exec, double> net(space, c.shape);
+  randomize_parameters(net, rng);
+  CHECK(net.recompute_interval() == 1);
+  CHECK_THROWS_WITH_AS(net.set_recompute_interval(-1),
+                       doctest::Contains("set_recompute_interval: k = -1"), std::invalid_argument);
+  net.set_recompute_interval(0);
+  CHECK(net.recompute_interval() == 3);  // about sqrt(12)
+  CHECK(decltype(net)::default_recompute_interval(140) == 11);
+  CHECK(decltype(net)::default_recompute_interval(1) == 1);
+
+  // One cache through full, recomputing and full again: each pass equals a fresh one.
+  using Net = decltype(net);
+  long const L = c.L, N = c.N, q = c.shape.q();
+  typename Net::sequence_view x("x", L, N, c.shape.ninp), out("out", L, N, c.shape.nout),
+      d_out("d_out", L, N, c.shape.nout), dx("dx", L, N, c.shape.ninp);
+  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), cn("c", N, q);
+  typename Net::aux_view aux("aux", c.shape.naux(), L, N, c.shape.nout);
+  from_host(x, random_vector(x.span(), rng));
+  from_host(d_out, random_vector(d_out.span(), rng));
+  typename Net::cache_type cache;
+  std::vector<double> grads[3];
+  std::size_t bytes[3];
+  long slots[3];
+  for (int pass = 0; pass < 3; ++pass) {
+    net.set_recompute_interval(pass == 1 ? 3 : 1);
+    net.forward(space, x, h0, c0, out, h, cn, aux, cache);
+    net.zero_gradients(space);
+    net.backward(space, cache, d_out, {}, {}, {}, dx, {}, {});
+    grads[pass] = to_host(net.gradients().weight2);
+    bytes[pass] = cache.bytes();
+    slots[pass] = long(cache.gates.extent(0));
+  }
+  CHECK(slots[0] == 12);
+  CHECK(slots[1] == 12 / 3 + 3 - 1);
+  CHECK(slots[2] == 12);
+  CHECK(bytes[1] < bytes[0]);
+  CHECK(bytes[2] == bytes[0]);
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  check_close("recomputing, same cache", grads[1], grads[0], host ? 0.0 : 1e-13);
+  check_close("full again, same cache", grads[2], grads[0], host ? 0.0 : 1e-13);
+}
+
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(untied_equal, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(segments, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(recomputation, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(recomputation_memory, trellis::test::Backends);

@@ -41,14 +41,8 @@ struct Fixture {
 void check(std::string const& what, st::Tensor const& got, st::Tensor const& want, double tol) {
   CAPTURE(what);
   REQUIRE(got.shape == want.shape);
-  auto const a = got.to_double(), b = want.to_double();
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  double const rel = scale > 0 ? diff / scale : diff;
-  CHECK_MESSAGE(rel <= tol, what << ": max|a - b| / max|b| = " << rel << " (max|b| = " << scale << ")");
+  double const rel = trellis::test::relative_error(got.to_double(), want.to_double());
+  CHECK_MESSAGE(rel <= tol, what << ": max|a - b| / max|b| = " << rel);
 }
 
 template <class Scalar>

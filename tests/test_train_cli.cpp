@@ -149,6 +149,20 @@ TEST_CASE("trellis train charlm: run directory, last line, eval, and exact resum
   CHECK(csv_train_losses(a).size() > 20);
   CHECK(straight.last_line() == resumed.last_line());
 
+  // Level recomputation changes memory, not results: the same losses bit for bit, also
+  // when a run resumes with another interval.
+  auto const c = root() / "run-c";
+  fs::remove_all(c);
+  auto const recomputed = run_cli("train" + common + " --run-dir " + c.string() + " --max-steps 3 --recompute 2");
+  INFO(recomputed.err);
+  REQUIRE(recomputed.status == 0);
+  auto const recomputed_resumed =
+      run_cli("train" + common + " --run-dir " + c.string() + " --max-steps 6 --resume --recompute 0");
+  REQUIRE(recomputed_resumed.status == 0);
+  CHECK(csv_train_losses(c) == csv_train_losses(a));
+  CHECK(recomputed_resumed.last_line() == straight.last_line());
+  CHECK(contains(run_cli("train" + common + " --run-dir " + c.string() + "-bad --recompute -1").err, "--recompute"));
+
   auto const eval = run_cli("eval --backend serial --checkpoint " + (a / "checkpoint.safetensors").string() +
                             " --data sotu --data-dir " + data.string());
   INFO(eval.err);

@@ -670,6 +670,8 @@ struct TrainSettings {
   double minutes = 10;
   bool resume = false;
   bool fp64 = false;
+  bool tf32 = false;       ///< TF32 GEMMs on CUDA in fp32
+  int recompute = 1;       ///< the core's level recomputation interval (1: off, 0: about sqrt(levels))
   Flags flags;  ///< every model and training flag, resolved
 };
 
@@ -888,17 +890,26 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
 }
 
 /// Builds the task named by the settings and calls f(task).
+/// How the core computes, not what: math mode and level recomputation.
+template <class Core>
+void configure_core(Core& core, TrainSettings const& s) {
+  if (s.tf32) core.set_math_mode(trellis::blas::MathMode::tf32);
+  core.set_recompute_interval(s.recompute);
+}
+
 template <class Exec, class Scalar, class F>
 void with_task(Exec const& space, TrainSettings const& s, F&& f) {
   if (s.task == "charlm" || s.task == "wordlm") {
     auto corpus = trellis::data::load_sotu(sotu_dir(s.data_root), s.task == "wordlm" ? trellis::data::TokenLevel::words
                                                                                       : trellis::data::TokenLevel::characters);
     LanguageTask<Exec, Scalar> task(space, s.flags, s.task, std::move(corpus));
+    configure_core(task.model().core(), s);
     f(task);
   } else {
     auto splits = load_images(s.data, s.data_root);
     ClassifierTask<Exec, Scalar> task(space, s.flags, s.data, std::move(splits),
                                       permutation_for(s.data, to_integer(s.flags, "seed")));
+    configure_core(task.model().core(), s);
     f(task);
   }
 }

@@ -30,6 +30,7 @@ struct Common {
   std::string precision = "fp32";
   int threads = 0;
   bool tf32 = false;
+  int recompute = 1;
 };
 
 std::string default_backend() {
@@ -291,6 +292,8 @@ void train(TrainCommand& t, Common const& common) {
   s.resume = t.resume;
   s.data_root = trellis_cli::data_root(t.data_dir);
   s.fp64 = common.precision == "fp64";
+  s.tf32 = common.tf32;
+  s.recompute = common.recompute;
   std::string const ckpt = t.run_dir + "/checkpoint.safetensors";
   if (t.resume) {
     auto const file = trellis::safetensors::read(ckpt);
@@ -327,6 +330,7 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   s.task = t.task;
   s.data = t.data;
   s.data_root = trellis_cli::data_root(t.data_dir);
+  s.tf32 = common.tf32;
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
   with_backend(common.backend, [&]<class Exec>() {
@@ -350,6 +354,14 @@ int main(int argc, char** argv) {
     sub->add_option("--precision", common.precision, "fp32|fp64")->capture_default_str();
     sub->add_option("--threads", common.threads, "host threads (default: Kokkos' default)");
     sub->add_flag("--tf32", common.tf32, "allow TF32 tensor cores on CUDA in fp32");
+  };
+  // Training's memory against time; results are the same.
+  auto add_recompute = [&](CLI::App* sub) {
+    sub->add_option("--recompute", common.recompute,
+                    "level recomputation: keep every K-th level, recompute the rest in backward "
+                    "(1: keep all, 0: about sqrt(nlevels))")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
   };
 
   FromRnn fr;
@@ -402,6 +414,7 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--resume", tr.resume, "continue from the run directory's checkpoint");
   add_model_flags(train_cmd);
   add_common(train_cmd);
+  add_recompute(train_cmd);
   train_cmd->footer(trellis_cli::defaults_help());
 
   auto* eval_cmd = app.add_subcommand("eval", "score a checkpoint of trellis train");

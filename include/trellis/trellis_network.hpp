@@ -51,10 +51,17 @@ struct TrellisCache {
   TrellisMasks<MemorySpace, Scalar> masks;
   // What the structure's products keep (dense: the effective weights of this forward).
   typename detail::StructureScratch<Structure, MemorySpace, Scalar>::type weights;
-  // Per level: activated gates (n, R, G q) and cell (n, R, q).
+  // Activated gates (slots, R, G q) and cell (slots, R, q): one slot per level, or with
+  // level recomputation one per kept level plus one block of recomputed levels.
   matrices gates, cell;
-  // Injection U per slot (slots, R, G q); backward reuses it for dU.
+  int interval = 0;                  // the recomputation interval the slots were made for
+  int resident_lo = 0, resident_hi = -1;  // recomputed levels the block slots now hold
+  // Injection U per slot (slots, R, G q); backward turns it into dU. Recomputed levels
+  // get their U again in `recomputed_injection` (R, G q), which holds slot
+  // `recomputed_slot`'s: one buffer, however many dilations there are.
   matrices injection;
+  matrix recomputed_injection;
+  int recomputed_slot = -1;
   // Scratch.
   matrix history, d_history;      // (R, 2q)
   matrix stacked_input, d_stacked_input;  // (R, 2 ninp)
@@ -62,6 +69,16 @@ struct TrellisCache {
   matrix d_cell_a, d_cell_b;      // (R, q)
   matrix ones;                    // (1, R): bias gradient as a GEMM
   Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_row, unit_row;  // (q)
+
+  /// Bytes this cache holds on its memory space (the structure's scratch not counted).
+  std::size_t bytes() const {
+    std::size_t total = 0;
+    auto add = [&](auto const& v) { total += v.span() * sizeof(Scalar); };
+    add(gates), add(cell), add(injection), add(recomputed_injection), add(history), add(d_history);
+    add(stacked_input), add(d_stacked_input), add(d_gates), add(d_cell_a), add(d_cell_b);
+    add(ones), add(zero_row), add(unit_row);
+    return total;
+  }
 };
 
 template <class ExecutionSpace, class Scalar, class WeightTying = TiedAcrossDepth,
@@ -132,6 +149,26 @@ class TrellisNetwork {
   parameters_type const& parameters() const { return params_; }
   parameters_type& gradients() { return grads_; }
   parameters_type const& gradients() const { return grads_; }
+  /// Level recomputation (gradient checkpointing): forward keeps the gates and cell of
+  /// every k-th level only (levels k, 2k, ...), and backward recomputes the levels in
+  /// between from the kept level below them, k - 1 at a time. Memory falls from n
+  /// levels to n / k + k - 1, at the cost of about one more forward per backward; the
+  /// results are the same to the last bit. k = 1 keeps every level (the default);
+  /// k = 0 chooses about sqrt(n). Takes effect at the next forward.
+  void set_recompute_interval(int k) {
+    if (k < 0)
+      detail::fail("trellis::TrellisNetwork::set_recompute_interval: k = ", k,
+                   "; use k >= 1 (1 keeps every level), or 0 for about sqrt(nlevels)");
+    interval_ = k == 0 ? default_recompute_interval(shape_.nlevels) : k;
+  }
+  int recompute_interval() const { return interval_; }
+  /// About sqrt(n), the interval that minimises n / k + k - 1.
+  static int default_recompute_interval(int nlevels) {
+    int k = 1;
+    while ((k + 1) * (k + 1) <= nlevels) ++k;
+    return k;
+  }
+
   /// TF32 on CUDA for single precision (strict FP32 by default).
   void set_math_mode(blas::MathMode mode) { math_ = mode; }
   blas::MathMode math_mode() const { return math_; }
@@ -176,19 +213,18 @@ class TrellisNetwork {
     for (int level = 0; level < shape_.nlevels; ++level) {
       auto a = level_args(cache, level);
       if (level == 0) detail::first_history<ExecutionSpace, Scalar, memory_space>(space, a);
-      auto const rows = std::make_pair(0L, a.hidden_rows);
-      structure_ops::hidden(space, cache.weights, params_, WeightTying::kernel_of(level),
-                            Kokkos::subview(cache.history, rows, Kokkos::ALL),
-                            Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
-      // Level 1's history is zero past t = d: those rows of S W^T are zero.
-      if (a.hidden_rows < L * N)
-        Kokkos::deep_copy(space, Kokkos::subview(a.gates, std::make_pair(a.hidden_rows, L * N), Kokkos::ALL),
-                          Scalar(0));
       a.out = out;
       a.h_new = h_new;
       a.c_new = c_new;
       a.aux_out = aux;
-      detail::level_forward<Activation>(space, a);
+      forward_level(space, cache, level, a);
+    }
+    // The block of the top level (when it is not a kept one) is still in the block slots.
+    int const top = shape_.nlevels - 1;
+    if (kept(top, cache.interval)) {
+      cache.resident_lo = 0, cache.resident_hi = -1;
+    } else {
+      cache.resident_lo = block_start(top, cache.interval), cache.resident_hi = top;
     }
   }
 
@@ -213,7 +249,10 @@ class TrellisNetwork {
     if (want_dc0) detail::check_shape(call, "dc0", dc0, {N, q});
 
     structure_ops::begin_backward(space, cache.weights);
-    Kokkos::deep_copy(space, cache.injection, Scalar(0));  // becomes dU
+    bool const recomputing = cache.interval > 1;
+    auto const d_injection = cache.injection;
+    Kokkos::deep_copy(space, d_injection, Scalar(0));  // dU from here on
+    cache.recomputed_slot = -1;
 
     detail::LevelGradArgs<Scalar, memory_space> g;
     g.d_out = d_out;
@@ -224,10 +263,16 @@ class TrellisNetwork {
     g.d_gates = cache.d_gates;
     auto dc_above = cache.d_cell_a, dc_down = cache.d_cell_b;
     for (int level = shape_.nlevels - 1; level >= 0; --level) {
+      // A level's backward reads it and the level below it: bring back whichever is gone.
+      if (recomputing)
+        for (int needed : {level, level - 1})
+          if (needed >= 0 && !kept(needed, cache.interval) &&
+              !(cache.resident_lo <= needed && needed <= cache.resident_hi))
+            recompute_block(space, cache, needed);
       auto a = level_args(cache, level);
       g.d_cell_above = dc_above;
       g.d_cell_down = dc_down;
-      g.d_injection = slot(cache.injection, level_slot_[level]);
+      g.d_injection = slot(d_injection, level_slot_[level]);
       detail::level_backward<Activation>(space, a, g);
       auto const rows = std::make_pair(0L, a.hidden_rows);
       auto const dA = Kokkos::subview(cache.d_gates, rows, Kokkos::ALL);
@@ -242,7 +287,7 @@ class TrellisNetwork {
     }
 
     for (int s = 0; s < injection_slots(); ++s) {
-      auto const dU = slot(cache.injection, s);
+      auto const dU = slot(d_injection, s);
       int const k = slot_kernel_[s];
       detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
                                                                cache.stacked_input);
@@ -264,6 +309,67 @@ class TrellisNetwork {
 
   static auto slot(matrices const& m, int s) { return Kokkos::subview(m, s, Kokkos::ALL, Kokkos::ALL); }
 
+  // Level recomputation with interval k: levels k-1, 2k-1, ... (0-based) are kept, each
+  // in its own slot after the k-1 block slots; level i of a block uses block slot i % k.
+  static bool kept(int level, int k) { return k <= 1 || (level + 1) % k == 0; }
+  static int block_start(int level, int k) { return (level / k) * k; }
+  int level_storage(int level, int k) const {
+    if (k <= 1) return level;
+    int const block_slots = std::min(k - 1, shape_.nlevels);
+    return kept(level, k) ? block_slots + (level + 1) / k - 1 : level % k;
+  }
+  int storage_slots(int k) const {
+    if (k <= 1) return shape_.nlevels;
+    return std::min(k - 1, shape_.nlevels) + shape_.nlevels / k;
+  }
+
+  /// A level's forward after its history is in place: the hidden GEMM, then the fused
+  /// kernel, which also writes the next level's history.
+  void forward_level(ExecutionSpace const& space, cache_type const& cache, int level,
+                     detail::LevelArgs<Scalar, memory_space> const& a) const {
+    long const R = a.L * a.N;
+    auto const rows = std::make_pair(0L, a.hidden_rows);
+    structure_ops::hidden(space, cache.weights, params_, WeightTying::kernel_of(level),
+                          Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                          Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+    // Level 1's history is zero past t = d: those rows of S W^T are zero.
+    if (a.hidden_rows < R)
+      Kokkos::deep_copy(space, Kokkos::subview(a.gates, std::make_pair(a.hidden_rows, R), Kokkos::ALL),
+                        Scalar(0));
+    detail::level_forward<Activation>(space, a);
+  }
+
+  /// Recomputes the block of levels that holds `level` from the kept level below it
+  /// (or from the start), with the same masks and weights as the forward: the same bits.
+  /// Outputs, state and aux are not written again.
+  void recompute_block(ExecutionSpace const& space, cache_type& cache, int level) const {
+    int const k = cache.interval;
+    int const lo = block_start(level, k), hi = std::min(lo + k - 2, shape_.nlevels - 1);
+    for (int i = lo; i <= hi; ++i) {
+      auto a = level_args(cache, i);
+      a.top = false;
+      a.aux = -1;
+      // The slot holds dU by now: the same GEMM on the same input gives U again.
+      int const s = level_slot_[i];
+      if (cache.recomputed_slot != s) {
+        detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
+                                                                 cache.stacked_input);
+        structure_ops::injection(space, cache.weights, params_, slot_kernel_[s], cache.stacked_input,
+                                 cache.recomputed_injection, math_);
+        cache.recomputed_slot = s;
+      }
+      a.injection = cache.recomputed_injection;
+      if (i == lo) {
+        if (i == 0)
+          detail::first_history<ExecutionSpace, Scalar, memory_space>(space, a);
+        else
+          detail::level_history<Activation>(space, a);
+      }
+      forward_level(space, cache, i, a);
+    }
+    cache.resident_lo = lo, cache.resident_hi = hi;
+  }
+
   void check_masks(char const* call, masks_type const& m, long N) const {
     if (m.hidden.extent(0) > 0) detail::check_shape(call, "masks.hidden", m.hidden, {N, shape_.q()});
     structure_ops::check_masks(call, shape_, kernels(), groups, m);
@@ -275,12 +381,22 @@ class TrellisNetwork {
       return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
     };
     structure_ops::prepare(space, c.weights, shape_, kernels(), groups);
-    if (c.length == L && c.batch == N && c.gates.extent(0) == std::size_t(shape_.nlevels)) return;
+    c.resident_lo = 0, c.resident_hi = -1;
+    if (c.length == L && c.batch == N && c.interval == interval_ &&
+        c.gates.extent(0) == std::size_t(storage_slots(interval_)))
+      return;
     c.length = L;
     c.batch = N;
-    c.gates = matrices(alloc("gates"), shape_.nlevels, R, G * q);
-    c.cell = matrices(alloc("cell"), Activation::has_cell ? shape_.nlevels : 0, R, q);
+    c.interval = interval_;
+    // Release the old buffers first, so that peak memory is the new size, not the sum.
+    c.gates = matrices();
+    c.cell = matrices();
+    c.recomputed_injection = matrix();
+    int const slots = storage_slots(interval_);
+    c.gates = matrices(alloc("gates"), slots, R, G * q);
+    c.cell = matrices(alloc("cell"), Activation::has_cell ? slots : 0, R, q);
     c.injection = matrices(alloc("injection"), injection_slots(), R, G * q);
+    c.recomputed_injection = matrix(alloc("recomputed_injection"), interval_ > 1 ? R : 0, G * q);
     c.history = matrix(alloc("history"), R, 2 * q);
     c.d_history = matrix(alloc("d_history"), R, 2 * q);
     c.stacked_input = matrix(alloc("stacked_input"), R, 2 * p);
@@ -310,12 +426,14 @@ class TrellisNetwork {
     a.top = level == n - 1;
     a.hidden_rows = level == 0 ? std::min<long>(a.d, a.L) * a.N : a.L * a.N;
     a.aux = shape_.aux_index(level);
-    a.gates = Kokkos::subview(c.gates, level, Kokkos::ALL, Kokkos::ALL);
+    int const here = level_storage(level, c.interval);
+    int const below = level > 0 ? level_storage(level - 1, c.interval) : -1;
+    a.gates = Kokkos::subview(c.gates, here, Kokkos::ALL, Kokkos::ALL);
     if constexpr (Activation::has_cell) {
-      a.cell = Kokkos::subview(c.cell, level, Kokkos::ALL, Kokkos::ALL);
-      if (level > 0) a.cell_below = Kokkos::subview(c.cell, level - 1, Kokkos::ALL, Kokkos::ALL);
+      a.cell = Kokkos::subview(c.cell, here, Kokkos::ALL, Kokkos::ALL);
+      if (level > 0) a.cell_below = Kokkos::subview(c.cell, below, Kokkos::ALL, Kokkos::ALL);
     }
-    if (level > 0) a.gates_below = Kokkos::subview(c.gates, level - 1, Kokkos::ALL, Kokkos::ALL);
+    if (level > 0) a.gates_below = Kokkos::subview(c.gates, below, Kokkos::ALL, Kokkos::ALL);
     a.injection = slot(c.injection, level_slot_[level]);
     a.bias = Kokkos::subview(params_.bias2, WeightTying::kernel_of(level), Kokkos::ALL);
     a.h0 = c.h0;
@@ -331,6 +449,7 @@ class TrellisNetwork {
   parameters_type params_, grads_;
   std::vector<int> slot_dilation_, slot_kernel_, level_slot_;
   blas::MathMode math_ = blas::MathMode::strict;
+  int interval_ = 1;
 };
 
 }  // namespace trellis

@@ -201,14 +201,15 @@ KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTR
   }
 }
 
-/// out = m * o * tanh(c): a level's masked output rebuilt from its gates and cell.
+/// out = m * (o * tanh(c)): a level's masked output rebuilt from its gates and cell, in
+/// the order forward rounds it (z first, then the mask), so that it has the same bits.
 template <class Scalar>
 KOKKOS_INLINE_FUNCTION void lstm_output_row(long q, Scalar const* KOKKOS_RESTRICT m,
                                             Scalar const* KOKKOS_RESTRICT og,
                                             Scalar const* KOKKOS_RESTRICT cell,
                                             Scalar* KOKKOS_RESTRICT out) {
   TRELLIS_PRAGMA_IVDEP
-  for (long j = 0; j < q; ++j) out[j] = m[j] * og[j] * gate_tanh(cell[j]);
+  for (long j = 0; j < q; ++j) out[j] = m[j] * (og[j] * gate_tanh(cell[j]));
 }
 
 /// Runs f over a rows x cols grid. On host spaces one work item is a row, whose
@@ -335,6 +336,70 @@ KOKKOS_INLINE_FUNCTION Scalar level_output(Gates const& gates, Cell const& cell,
   }
 }
 
+/// A level's history S rebuilt from the level below's stored gates and cell (z^(0) = 0,
+/// padding m * h0): backward needs it for dW = dA^T S, and level recomputation for the
+/// first level of a recomputed block. Host: one row; device: one element.
+template <class Activation, class Scalar, class MemorySpace>
+KOKKOS_INLINE_FUNCTION void history_row(LevelArgs<Scalar, MemorySpace> const& a, long r,
+                                        Scalar const* KOKKOS_RESTRICT m) {
+  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  Scalar* KOKKOS_RESTRICT const S = &a.history(r, 0);
+  if (a.first) {
+    for (long j = 0; j < q; ++j) S[q + j] = 0;
+  } else {
+    Scalar const* KOKKOS_RESTRICT const below = &a.gates_below(r, 0);
+    if constexpr (Activation::has_cell) {
+      Scalar const* KOKKOS_RESTRICT const cell_below = &a.cell_below(r, 0);
+      lstm_output_row(q, m, below + q, cell_below, S + q);
+    } else {
+      for (long j = 0; j < q; ++j) S[q + j] = m[j] * below[j];
+    }
+    if (t + d < a.L) {
+      Scalar* KOKKOS_RESTRICT const later = &a.history(r + d * N, 0);
+      for (long j = 0; j < q; ++j) later[j] = S[q + j];
+    }
+  }
+  if (t < d) {
+    Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
+    for (long j = 0; j < q; ++j) S[j] = m[j] * h0[j];
+  } else if (a.first) {
+    for (long j = 0; j < q; ++j) S[j] = 0;
+  }
+}
+
+template <class Activation, class Scalar, class MemorySpace>
+KOKKOS_INLINE_FUNCTION void history_element(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
+                                            Scalar m) {
+  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  if (a.first) {
+    a.history(r, j) = t < d ? m * a.h0(n, j) : Scalar(0);
+    a.history(r, q + j) = Scalar(0);
+  } else {
+    Scalar const zb = m * level_output<Activation, Scalar>(a.gates_below, a.cell_below, r, j, q);
+    a.history(r, q + j) = zb;
+    if (t + d < a.L) a.history(r + d * N, j) = zb;
+    if (t < d) a.history(r, j) = m * a.h0(n, j);
+  }
+}
+
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelHistory {
+  LevelArgs<Scalar, MemorySpace> a;
+  bool masked;
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    history_row<Activation>(a, r, masked ? &a.mask(r % a.N, 0) : &a.unit_row(0));
+  }
+  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
+    history_element<Activation>(a, r, j, masked ? a.mask(r % a.N, j) : Scalar(1));
+  }
+};
+
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void level_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
+  LevelHistory<Activation, Scalar, MemorySpace> f{a, a.mask.extent(0) > 0};
+  for_each_element("trellis::level_history", space, a.L * a.N, a.q, f);
+}
+
 /// Gradients that reach a level from outside the level stack.
 template <class Scalar, class MemorySpace>
 struct LevelGradArgs {
@@ -400,29 +465,7 @@ struct LevelBackward {
         dU[j] += dA[j];
       }
     }
-    // Rebuild S of this level from the level below (z^(0) = 0, padding m * h0).
-    Scalar* KOKKOS_RESTRICT const S = &a.history(r, 0);
-    if (a.first) {
-      for (long j = 0; j < q; ++j) S[q + j] = 0;
-    } else {
-      Scalar const* KOKKOS_RESTRICT const below = &a.gates_below(r, 0);
-      if constexpr (Activation::has_cell) {
-        Scalar const* KOKKOS_RESTRICT const cell_below = &a.cell_below(r, 0);
-        lstm_output_row(q, m, below + q, cell_below, S + q);
-      } else {
-        for (long j = 0; j < q; ++j) S[q + j] = m[j] * below[j];
-      }
-      if (t + d < L) {
-        Scalar* KOKKOS_RESTRICT const later = &a.history(r + d * N, 0);
-        for (long j = 0; j < q; ++j) later[j] = S[q + j];
-      }
-    }
-    if (t < d) {
-      Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
-      for (long j = 0; j < q; ++j) S[j] = m[j] * h0[j];
-    } else if (a.first) {
-      for (long j = 0; j < q; ++j) S[j] = 0;
-    }
+    history_row<Activation>(a, r, m);
   }
 
   // Device: one element.
@@ -459,15 +502,7 @@ struct LevelBackward {
       dA[j] = da;
       dU[j] += da;
     }
-    if (a.first) {
-      a.history(r, j) = t < d ? m * a.h0(n, j) : Scalar(0);
-      a.history(r, q + j) = Scalar(0);
-    } else {
-      Scalar const zb = m * level_output<Activation, Scalar>(a.gates_below, a.cell_below, r, j, q);
-      a.history(r, q + j) = zb;
-      if (t + d < L) a.history(r + d * N, j) = zb;
-      if (t < d) a.history(r, j) = m * a.h0(n, j);
-    }
+    history_element<Activation>(a, r, j, m);
   }
 };
 
