@@ -204,10 +204,7 @@ class TrellisNetwork {
     structure_ops::forward_weights(space, params_, masks, cache.weights);
 
     for (int s = 0; s < injection_slots(); ++s) {
-      detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, x, slot_dilation_[s],
-                                                               cache.stacked_input);
-      structure_ops::injection(space, cache.weights, params_, slot_kernel_[s], cache.stacked_input,
-                               slot(cache.injection, s), math_);
+      inject(space, cache, s, slot(cache.injection, s));
     }
 
     for (int level = 0; level < shape_.nlevels; ++level) {
@@ -250,8 +247,8 @@ class TrellisNetwork {
 
     structure_ops::begin_backward(space, cache.weights);
     bool const recomputing = cache.interval > 1;
-    auto const d_injection = cache.injection;
-    Kokkos::deep_copy(space, d_injection, Scalar(0));  // dU from here on
+    auto const d_injection = cache.injection;  // dU from here on
+    Kokkos::deep_copy(space, d_injection, Scalar(0));
     cache.recomputed_slot = -1;
 
     detail::LevelGradArgs<Scalar, memory_space> g;
@@ -323,6 +320,14 @@ class TrellisNetwork {
     return std::min(k - 1, shape_.nlevels) + shape_.nlevels / k;
   }
 
+  /// U of injection slot s (its dilation and kernel) from the cached input.
+  template <class UV>
+  void inject(ExecutionSpace const& space, cache_type const& cache, int s, UV const& U) const {
+    detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
+                                                             cache.stacked_input);
+    structure_ops::injection(space, cache.weights, params_, slot_kernel_[s], cache.stacked_input, U, math_);
+  }
+
   /// A level's forward after its history is in place: the hidden GEMM, then the fused
   /// kernel, which also writes the next level's history.
   void forward_level(ExecutionSpace const& space, cache_type const& cache, int level,
@@ -352,10 +357,7 @@ class TrellisNetwork {
       // The slot holds dU by now: the same GEMM on the same input gives U again.
       int const s = level_slot_[i];
       if (cache.recomputed_slot != s) {
-        detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
-                                                                 cache.stacked_input);
-        structure_ops::injection(space, cache.weights, params_, slot_kernel_[s], cache.stacked_input,
-                                 cache.recomputed_injection, math_);
+        inject(space, cache, s, cache.recomputed_injection);
         cache.recomputed_slot = s;
       }
       a.injection = cache.recomputed_injection;
