@@ -3,6 +3,9 @@
 
 #include <trellis/blas.hpp>
 
+#include <cstdint>
+#include <cstring>
+
 #include "helpers.hpp"
 
 namespace {
@@ -38,7 +41,101 @@ void check_gemm(Op op_a, Op op_b, long m, long n, long k, double alpha, double b
   check_close("reference_gemm", to_host(Cref), want, tol);
 }
 
+/// Round to the nearest bfloat16, ties to even (what AMX and cuBLAS do to the operands).
+double to_bf16(double x) {
+  float f = float(x);
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return double(f);
+}
+
+/// MathMode::bf16 in float: where the bf16 path runs (AMX on the host, cuBLAS on CUDA),
+/// C is the exact product of the bf16-rounded operands up to fp32 sums; A, B and C may
+/// be column blocks of wider matrices (ld > cols).
+template <class Exec>
+void check_bf16_gemm(Op op_a, Op op_b, long m, long n, long k, float alpha, float beta, long pad) {
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(pad);
+  Exec space;
+  std::mt19937_64 rng(m * 7 + n * 3 + k);
+  bool const ta = op_a == Op::transpose, tb = op_b == Op::transpose;
+  using Matrix = Kokkos::View<float**, Kokkos::LayoutRight, typename Exec::memory_space>;
+  long const ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+  Matrix A("A", ar, ac + pad), B("B", br, bc + pad), C("C", m, n + pad);
+  auto a = random_vector(A.span(), rng), b = random_vector(B.span(), rng), c = random_vector(C.span(), rng);
+  from_host(A, a);
+  from_host(B, b);
+  from_host(C, c);
+  auto cols = [](Matrix const& x, long w) { return Kokkos::subview(x, Kokkos::ALL, std::make_pair(0L, w)); };
+  trellis::blas::gemm(space, op_a, op_b, alpha, cols(A, ac), cols(B, bc), beta, cols(C, n),
+                      trellis::blas::MathMode::bf16);
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  // The host's AMX kernel is held to the rounded operands exactly; elsewhere (cuBLAS,
+  // whose rounding of the operands is its own) only the bf16 error bound applies.
+  bool const rounded = host && trellis::detail::amx_available();
+  auto const got = to_host(C);
+  double worst = 0;
+  for (long i = 0; i < m; ++i)
+    for (long j = 0; j < n; ++j) {
+      double s = 0, sr = 0, mag = 0;
+      for (long l = 0; l < k; ++l) {
+        double const x = ta ? a[l * (ac + pad) + i] : a[i * (ac + pad) + l];
+        double const y = tb ? b[j * (bc + pad) + l] : b[l * (bc + pad) + j];
+        s += x * y;
+        sr += to_bf16(x) * to_bf16(y);
+        mag += std::fabs(x * y);
+      }
+      double const base = beta * c[i * (n + pad) + j];
+      double const g = got[i * (n + pad) + j];
+      double const fp32_sums = 4 * epsilon<float>() * (k + 2) * (std::fabs(alpha) * mag + std::fabs(base));
+      double const err_r = std::fabs(g - (alpha * sr + base)), err_e = std::fabs(g - (alpha * s + base));
+      if (rounded) {
+        if (err_r > fp32_sums) worst = std::max(worst, err_r / fp32_sums);
+      } else if (err_e > fp32_sums) {
+        worst = std::max(worst, err_e / fp32_sums);
+      }
+      // bf16 operands: each has a relative error of at most 2^-9.
+      CHECK(err_e <= 2.0 * std::ldexp(1.0, -8) * std::fabs(alpha) * mag + fp32_sums);
+    }
+  // Padding columns stay as they were.
+  for (long i = 0; i < m; ++i)
+    for (long j = n; j < n + pad; ++j) CHECK(got[i * (n + pad) + j] == float(c[i * (n + pad) + j]));
+  CHECK_MESSAGE(worst == 0, "error over the bound by a factor ", worst);
+}
+
 }  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("gemm in bf16 products is the product of the rounded operands", Exec, gemm_bf16) {
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  if (host && !trellis::detail::amx_available())
+    MESSAGE("no AMX-BF16 here: MathMode::bf16 is strict fp32 on this host, checked as such");
+  for (Op op_a : {Op::none, Op::transpose})
+    for (Op op_b : {Op::none, Op::transpose}) {
+      CAPTURE(int(op_a));
+      CAPTURE(int(op_b));
+      // Whole tiles, ragged edges in every dimension, a single row, and k = 0.
+      check_bf16_gemm<Exec>(op_a, op_b, 64, 32, 64, 1.0f, 0.0f, 0);
+      check_bf16_gemm<Exec>(op_a, op_b, 37, 53, 71, 0.5f, 0.75f, 3);
+      check_bf16_gemm<Exec>(op_a, op_b, 1, 17, 33, 1.0f, 1.0f, 1);
+      check_bf16_gemm<Exec>(op_a, op_b, 100, 70, 300, -2.0f, 0.0f, 0);
+      check_bf16_gemm<Exec>(op_a, op_b, 5, 6, 0, 1.0f, 0.5f, 2);
+    }
+  // Double ignores the mode: the strict result to the last bit.
+  Exec space;
+  using Matrix = Kokkos::View<double**, Kokkos::LayoutRight, typename Exec::memory_space>;
+  std::mt19937_64 rng(9);
+  Matrix A("A", 9, 40), B("B", 40, 33), C1("C1", 9, 33), C2("C2", 9, 33);
+  from_host(A, random_vector(A.span(), rng));
+  from_host(B, random_vector(B.span(), rng));
+  trellis::blas::gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, C1);
+  trellis::blas::gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, C2, trellis::blas::MathMode::bf16);
+  CHECK(to_host(C1) == to_host(C2));
+}
 
 TEST_CASE_TEMPLATE_DEFINE("gemm matches the portable kernel and a host loop", Exec, gemm_all) {
   for (Op op_a : {Op::none, Op::transpose})
@@ -90,3 +187,4 @@ TEST_CASE_TEMPLATE_DEFINE("gemm names the call and the shapes on a mismatch", Ex
 TEST_CASE_TEMPLATE_APPLY(gemm_all, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(gemm_strided, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(gemm_shapes, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(gemm_bf16, trellis::test::Backends);

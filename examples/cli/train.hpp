@@ -670,7 +670,7 @@ struct TrainSettings {
   double minutes = 10;
   bool resume = false;
   bool fp64 = false;
-  bool tf32 = false;       ///< TF32 GEMMs on CUDA in fp32
+  trellis::blas::MathMode math = trellis::blas::MathMode::strict;  ///< the core's GEMM precision (--tf32, --bf16)
   int recompute = 1;       ///< the core's level recomputation interval (1: off, 0: about sqrt(levels))
   Flags flags;  ///< every model and training flag, resolved
 };
@@ -893,7 +893,7 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
 /// How the core computes, not what: math mode and level recomputation.
 template <class Core>
 void configure_core(Core& core, TrainSettings const& s) {
-  if (s.tf32) core.set_math_mode(trellis::blas::MathMode::tf32);
+  core.set_math_mode(s.math);
   core.set_recompute_interval(s.recompute);
 }
 

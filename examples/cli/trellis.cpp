@@ -30,7 +30,16 @@ struct Common {
   std::string precision = "fp32";
   int threads = 0;
   bool tf32 = false;
+  bool bf16 = false;
   int recompute = 1;
+
+  /// The core's GEMM precision from --tf32 / --bf16 (one of them at most).
+  trellis::blas::MathMode math_mode() const {
+    if (tf32 && bf16) throw trellis::invalid_argument("--tf32 and --bf16: give one of them at most");
+    if (bf16 && precision == "fp64") throw trellis::invalid_argument("--bf16: applies to --precision fp32 only");
+    return tf32 ? trellis::blas::MathMode::tf32
+                : bf16 ? trellis::blas::MathMode::bf16 : trellis::blas::MathMode::strict;
+  }
 };
 
 std::string default_backend() {
@@ -101,7 +110,7 @@ void run_from_rnn(FromRnn const& a, Common const& common, trellis::RecurrentWeig
   auto const shape = trellis::trellis_shape_for(w, a.history);
   using Net = trellis::TrellisNetwork<Exec, Scalar, trellis::TiedAcrossDepth, trellis::RnnSparse, Activation>;
   Net net(space, shape);
-  if (common.tf32) net.set_math_mode(trellis::blas::MathMode::tf32);
+  net.set_math_mode(common.math_mode());
   trellis::load_recurrent(net.parameters(), w);
   auto const& xt = input.at(a.input, "x");
   if (xt.shape.size() != 3 || xt.shape[2] != w.input_size || xt.shape[0] < 1 || xt.shape[1] < 1)
@@ -171,7 +180,7 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
   auto const shape = trellis::read_core_shape(model, a.model);
   using Net = trellis::TrellisNetwork<Exec, Scalar>;
   Net net(space, shape);
-  if (common.tf32) net.set_math_mode(trellis::blas::MathMode::tf32);
+  net.set_math_mode(common.math_mode());
   trellis::read_core_model(model, a.model, net);
   check_input_names(input, a.input, {"x", "h", "c"});
   auto const& xt = input.at(a.input, "x");
@@ -206,7 +215,7 @@ void run_language_model(RunCommand const& a, Common const& common, trellis::safe
   Exec space;
   using Model = trellis::LanguageModel<Exec, Scalar>;
   Model lm(space, trellis::read_language_model_config(model, a.model));
-  if (common.tf32) lm.core().set_math_mode(trellis::blas::MathMode::tf32);
+  lm.core().set_math_mode(common.math_mode());
   trellis::read_language_model(model, a.model, lm);
   check_input_names(input, a.input, {"tokens", "h", "c"});
   auto const& tt = input.at(a.input, "tokens");
@@ -292,7 +301,7 @@ void train(TrainCommand& t, Common const& common) {
   s.resume = t.resume;
   s.data_root = trellis_cli::data_root(t.data_dir);
   s.fp64 = common.precision == "fp64";
-  s.tf32 = common.tf32;
+  s.math = common.math_mode();
   s.recompute = common.recompute;
   std::string const ckpt = t.run_dir + "/checkpoint.safetensors";
   if (t.resume) {
@@ -330,7 +339,7 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   s.task = t.task;
   s.data = t.data;
   s.data_root = trellis_cli::data_root(t.data_dir);
-  s.tf32 = common.tf32;
+  s.math = common.math_mode();
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
   with_backend(common.backend, [&]<class Exec>() {
@@ -354,6 +363,9 @@ int main(int argc, char** argv) {
     sub->add_option("--precision", common.precision, "fp32|fp64")->capture_default_str();
     sub->add_option("--threads", common.threads, "host threads (default: Kokkos' default)");
     sub->add_flag("--tf32", common.tf32, "allow TF32 tensor cores on CUDA in fp32");
+    sub->add_flag("--bf16", common.bf16,
+                  "bfloat16 products, fp32 sums, in the core's GEMMs in fp32: AMX tiles on CPUs "
+                  "that have AMX-BF16 (else strict fp32 there), bf16 tensor cores on CUDA");
   };
   // Training's memory against time; results are the same.
   auto add_recompute = [&](CLI::App* sub) {

@@ -7,6 +7,7 @@
 
 #include <type_traits>
 
+#include <trellis/detail/gemm_amx.hpp>
 #include <trellis/detail/gemm_cublas.hpp>
 #include <trellis/detail/gemm_eigen.hpp>
 #include <trellis/detail/gemm_portable.hpp>
@@ -17,9 +18,11 @@ namespace trellis::blas {
 
 enum class Op { none, transpose };
 
-/// Precision of single-precision products on GPUs: strict FP32 (the default) or TF32
-/// tensor cores. Ignored on host spaces and in double.
-enum class MathMode { strict, tf32 };
+/// Precision of single-precision products: strict FP32 (the default); TF32 tensor cores
+/// on GPUs (ignored on host spaces); or bfloat16 products with fp32 accumulation (AMX
+/// tiles on host CPUs that have AMX-BF16, otherwise strict FP32 there; bf16 tensor
+/// cores through cuBLAS on GPUs). Ignored in double.
+enum class MathMode { strict, tf32, bf16 };
 
 namespace detail {
 
@@ -63,13 +66,21 @@ void gemm_checked(char const* call, Exec const& space, Op op_a, Op op_b,
                           trellis::detail::shape_of(b), tb ? " transposed" : "", ")");
   trellis::detail::MatrixRef<Scalar const> ca{ra.data, ra.rows, ra.cols, ra.ld};
   trellis::detail::MatrixRef<Scalar const> cb{rb.data, rb.rows, rb.cols, rb.ld};
-  if constexpr (std::is_same_v<Backend, trellis::detail::PortableGemm> ||
-                std::is_same_v<Backend, trellis::detail::EigenGemm>) {
+  if constexpr (std::is_same_v<Backend, trellis::detail::EigenGemm>) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (mode == MathMode::bf16 && trellis::detail::amx_available()) {
+        trellis::detail::gemm_impl(trellis::detail::AmxGemm{}, space, ta, tb, alpha, ca, cb,
+                                   beta, rc, k);
+        return;
+      }
+    }
+    trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k);
+  } else if constexpr (std::is_same_v<Backend, trellis::detail::PortableGemm>) {
     (void)mode;
     trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k);
   } else {
     trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k,
-                               mode == MathMode::tf32);
+                               static_cast<int>(mode));
   }
 }
 

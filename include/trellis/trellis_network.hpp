@@ -169,7 +169,8 @@ class TrellisNetwork {
     return k;
   }
 
-  /// TF32 on CUDA for single precision (strict FP32 by default).
+  /// Precision of the GEMMs in single precision: strict FP32 (default), TF32 on CUDA, or
+  /// bf16 products with fp32 sums (AMX on host CPUs that have it, cuBLAS on CUDA).
   void set_math_mode(blas::MathMode mode) { math_ = mode; }
   blas::MathMode math_mode() const { return math_; }
 

@@ -50,10 +50,18 @@ inline cublasHandle_t cublas_handle() {
   return handle;
 }
 
+/// blas::MathMode as a cuBLAS compute type: 0 strict, 1 TF32, 2 bf16 products (fp32
+/// accumulation in both reduced modes).
+inline cublasComputeType_t compute_type(int math_mode) {
+  if (math_mode == 1) return CUBLAS_COMPUTE_32F_FAST_TF32;
+  if (math_mode == 2) return CUBLAS_COMPUTE_32F_FAST_16BF;
+  return CUBLAS_COMPUTE_32F;
+}
+
 template <class Scalar>
 void gemm_impl(CublasGemm, Kokkos::Cuda const& space, bool trans_a, bool trans_b,
                Scalar alpha, MatrixRef<Scalar const> a, MatrixRef<Scalar const> b,
-               Scalar beta, MatrixRef<Scalar> c, std::size_t inner, bool allow_tf32) {
+               Scalar beta, MatrixRef<Scalar> c, std::size_t inner, int math_mode) {
   if (c.rows == 0 || c.cols == 0) return;
   cublasHandle_t handle = cublas_handle();
   TRELLIS_CUBLAS(cublasSetStream(handle, space.cuda_stream()));
@@ -64,7 +72,7 @@ void gemm_impl(CublasGemm, Kokkos::Cuda const& space, bool trans_a, bool trans_b
     TRELLIS_CUBLAS(cublasGemmEx(handle, op_b, op_a, m, n, k, &alpha, b.data, CUDA_R_32F,
                                 int(b.ld), a.data, CUDA_R_32F, int(a.ld), &beta, c.data,
                                 CUDA_R_32F, int(c.ld),
-                                allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                compute_type(math_mode),
                                 CUBLAS_GEMM_DEFAULT));
   } else {
     static_assert(std::is_same_v<Scalar, double>, "trellis::blas: cuBLAS path is float or double");
