@@ -675,6 +675,18 @@ struct TrainSettings {
   Flags flags;  ///< every model and training flag, resolved
 };
 
+/// How the core's GEMMs round, as the log says it (--bf16 falls back to fp32 on CPUs
+/// without AMX-BF16, and the log says so).
+template <class Exec>
+std::string gemm_precision(Exec const&, TrainSettings const& s) {
+  if (s.fp64 || s.math == trellis::blas::MathMode::strict) return "";
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  if (s.math == trellis::blas::MathMode::tf32) return host ? " (--tf32 has no effect on the CPU)" : " with TF32 GEMMs";
+  if (!host) return " with bf16 GEMMs";
+  return trellis::detail::amx_available() ? " with bf16 GEMMs on AMX tiles"
+                                          : " (--bf16: this CPU has no AMX-BF16, GEMMs stay fp32)";
+}
+
 inline std::string format_minutes(double seconds) {
   char buf[32];
   long const s = long(std::max(0.0, seconds));
@@ -802,8 +814,9 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
     window_steps = 0;
   };
 
-  run.log("train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32", ", ",
-          task.batches_per_epoch(), " batches per epoch, for ", s.minutes, " minutes of training");
+  run.log("train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
+          gemm_precision(Exec(), s), ", ", task.batches_per_epoch(), " batches per epoch, for ", s.minutes,
+          " minutes of training");
   auto const clock = [] { return std::chrono::steady_clock::now(); };
   double tokens_per_s = 0;
   while (session < budget && (max_steps == 0 || step < max_steps)) {
