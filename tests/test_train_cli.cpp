@@ -110,7 +110,10 @@ fs::path make_fashion(long train, long test) {
 std::string const tiny_lm =
     " --backend serial --ninp 8 --nhid 8 --nout 8 --nlevels 3 --batch-size 2 --seq-len 16 --eval-batch-size 2"
     " --log-every 1 --checkpoint-minutes 1000 --minutes 5 --dropout 0.1 --dropouti 0.1 --dropouth 0.1"
-    " --emb-dropout 0.1 --wdrop 0.2 --wnorm --aux 0.2 --aux-freq 1";
+    " --emb-dropout 0.1 --wdrop 0.2 --wnorm --aux 0.2 --aux-freq 1"
+    // Annealing follows each session's own end (--max-steps here), so runs cut at other
+    // steps would have other schedules by design: off for the exact-resumption checks.
+    " --anneal 0";
 
 std::string csv_train_losses(fs::path const& run) {
   std::ifstream in(run / "curves.csv");
