@@ -105,6 +105,17 @@ TRELLIS_AMX_TARGET inline __m512i consecutive_pairs(float const* x, std::ptrdiff
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
+/// The 16 dwords of v to first[0], first[step], ...: one store when they are adjacent.
+TRELLIS_AMX_TARGET inline void store_dwords(std::uint32_t* first, std::size_t step, __m512i v) {
+  if (step == 1) {
+    _mm512_store_si512(first, v);
+    return;
+  }
+  alignas(64) std::uint32_t lane[16];
+  _mm512_store_si512(lane, v);
+  for (std::size_t i = 0; i < 16; ++i) first[i * step] = lane[i];
+}
+
 /// Tile (r, kc) of a packed operand holds rows/columns 16r.. and k 32kc..; `rows` is
 /// op(X)'s extent along M (for A) or N (for B), `inner` is K. `x_k_major` says whether
 /// consecutive k are adjacent in memory (A not transposed, B transposed).
@@ -125,13 +136,7 @@ TRELLIS_AMX_TARGET inline void pack_tile(MatrixRef<float const> x, bool x_k_majo
       __m512i v = _mm512_setzero_si512();
       if (std::ptrdiff_t(m) < m_valid && k_valid > 0)
         v = consecutive_pairs(x.data + (m0 + m) * x.ld + k0, k_valid);
-      if (p_step == 1) {
-        _mm512_store_si512(tile + m * m_step, v);
-      } else {
-        alignas(64) std::uint32_t lane[16];
-        _mm512_store_si512(lane, v);
-        for (std::size_t p = 0; p < 16; ++p) tile[p * p_step + m * m_step] = lane[p];
-      }
+      store_dwords(tile + m * m_step, p_step, v);
     }
   } else {
     // Element (m, k) at x.data[k * ld + m]: one row of 16 m per k.
@@ -142,13 +147,7 @@ TRELLIS_AMX_TARGET inline void pack_tile(MatrixRef<float const> x, bool x_k_majo
       if (k < k_valid) lo = _mm512_maskz_loadu_ps(mm, x.data + (k0 + k) * x.ld + m0);
       if (k + 1 < k_valid) hi = _mm512_maskz_loadu_ps(mm, x.data + (k0 + k + 1) * x.ld + m0);
       __m512i const v = interleave_pairs(lo, hi);  // dword m = pair (m, p)
-      if (m_step == 1) {
-        _mm512_store_si512(tile + p * p_step, v);
-      } else {
-        alignas(64) std::uint32_t lane[16];
-        _mm512_store_si512(lane, v);
-        for (std::size_t m = 0; m < 16; ++m) tile[m * m_step + p * p_step] = lane[m];
-      }
+      store_dwords(tile + p * p_step, m_step, v);
     }
   }
 }
