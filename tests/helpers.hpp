@@ -176,10 +176,11 @@ inline Pass random_pass(TrellisShape const& s, long L, long N, std::mt19937_64& 
   return p;
 }
 
-/// Runs the network's forward (and, when `backward`, its backward) on `p`.
+/// Runs the network's forward (and, when `backward`, its backward) on `p`, in a fresh
+/// cache unless one is given.
 template <class Network>
 void run_network(Network& net, Pass& p, typename Network::masks_type const& masks = {},
-                 bool backward = true) {
+                 bool backward = true, typename Network::cache_type* reused = nullptr) {
   using Exec = typename Network::execution_space;
   Exec space;
   auto const& s = net.shape();
@@ -192,7 +193,8 @@ void run_network(Network& net, Pass& p, typename Network::masks_type const& mask
   from_host(x, p.x);
   from_host(h0, p.h0);
   from_host(c0, p.c0);
-  typename Network::cache_type cache;
+  typename Network::cache_type fresh;
+  auto& cache = reused ? *reused : fresh;
   net.forward(space, x, h0, c0, out, h, c, aux, cache, masks);
   p.out = to_host(out);
   p.h = to_host(h);

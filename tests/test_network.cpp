@@ -53,8 +53,10 @@ typename Network::masks_type fixed_masks(Network const& net, long N, std::mt1993
 }
 
 template <class Exec, class Scalar, class Tying, class Activation = trellis::LSTMGating>
-Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::MathMode::strict) {
+Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::MathMode::strict,
+                trellis::InjectionMode injection = trellis::InjectionMode::automatic) {
   CAPTURE(std::string(c.name));
+  CAPTURE(int(injection));
   CAPTURE(std::string(Tying::name));
   CAPTURE(std::string(Activation::name));
   CAPTURE(sizeof(Scalar));
@@ -63,6 +65,7 @@ Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::Mat
   std::mt19937_64 rng(42);
   trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation> net(space, c.shape);
   net.set_math_mode(math);
+  net.set_injection_mode(injection);
   randomize_parameters(net, rng);
   auto masks = c.masks ? fixed_masks(net, c.N, rng) : typename decltype(net)::masks_type{};
   Pass p = random_pass(c.shape, c.L, c.N, rng);
@@ -81,12 +84,84 @@ Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::Mat
 }  // namespace
 
 TEST_CASE_TEMPLATE_DEFINE("TrellisNetwork matches the naive reference", Exec, network_vs_naive) {
-  for (auto const& c : cases()) {
-    check_case<Exec, double, trellis::TiedAcrossDepth>(c);
-    check_case<Exec, float, trellis::TiedAcrossDepth>(c);
-    check_case<Exec, double, trellis::Untied>(c);
-    check_case<Exec, float, trellis::Untied>(c);
+  using trellis::InjectionMode;
+  for (auto const& c : cases())
+    for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
+      auto const strict = trellis::blas::MathMode::strict;
+      check_case<Exec, double, trellis::TiedAcrossDepth>(c, strict, injection);
+      check_case<Exec, float, trellis::TiedAcrossDepth>(c, strict, injection);
+      check_case<Exec, double, trellis::Untied>(c, strict, injection);
+      check_case<Exec, float, trellis::Untied>(c, strict, injection);
+    }
+}
+
+TEST_CASE_TEMPLATE_DEFINE("the folded injection gives the separate injection's results", Exec, folded_injection) {
+  using trellis::InjectionMode;
+  Exec space;
+  auto c = cases()[2];  // dilation cycle [1, 2, 4], wnorm, aux, masks
+  c.shape.nlevels = 7;
+  c.L = 12;
+  using Net = trellis::TrellisNetwork<Exec, double>;
+  // Narrow inputs fold by default; wide ones keep U; RnnSparse cannot fold.
+  for (int ninp : {1, 16, 17}) {
+    auto s = c.shape;
+    s.ninp = ninp;
+    Net net(space, s);
+    CHECK(net.injection_folded() == (ninp <= 16));
+    CHECK(net.injection_slots() == (ninp <= 16 ? 0 : 3));
+    net.set_injection_mode(InjectionMode::separate);
+    CHECK(!net.injection_folded());
+    net.set_injection_mode(InjectionMode::folded);
+    CHECK(net.injection_folded());
   }
+  {
+    trellis::TrellisShape s;
+    s.ninp = 2, s.nhid = 2, s.nout = 2, s.nlevels = 2, s.layers = 2, s.weight_norm = false;
+    trellis::TrellisNetwork<Exec, double, trellis::TiedAcrossDepth, trellis::RnnSparse> sparse(space, s);
+    CHECK(!sparse.injection_folded());
+    CHECK_THROWS_WITH_AS(sparse.set_injection_mode(InjectionMode::folded),
+                         doctest::Contains("rnn-sparse structure has no folded injection"), std::invalid_argument);
+  }
+  // One network, one cache, the two modes in turn: the same results to rounding (the
+  // folded GEMM sums the injection with the hidden products in another order), and the
+  // folded cache keeps no U per dilation.
+  std::mt19937_64 rng(3);
+  Net net(space, c.shape);
+  randomize_parameters(net, rng);
+  auto masks = fixed_masks(net, c.N, rng);
+  Pass const pass = random_pass(c.shape, c.L, c.N, rng);
+  typename Net::cache_type cache;
+  Pass runs[3] = {pass, pass, pass};
+  std::size_t bytes[3];
+  for (int i = 0; i < 3; ++i) {
+    net.set_injection_mode(i == 1 ? InjectionMode::folded : InjectionMode::separate);
+    for (int k : {1, 3}) {  // and with level recomputation
+      net.set_recompute_interval(k);
+      Pass r = pass;
+      run_network(net, r, masks, true, &cache);
+      if (k == 1) runs[i] = r, bytes[i] = cache.bytes();
+      check_close("recomputed out", r.out, runs[i].out, 0.0);
+      check_close("recomputed d weight2", r.g_weight2, runs[i].g_weight2, 0.0);
+      check_close("recomputed dx", r.dx, runs[i].dx, 0.0);
+    }
+  }
+  CHECK(bytes[1] < bytes[0]);
+  CHECK(bytes[2] == bytes[0]);
+  Pass const &a = runs[0], &b = runs[1];
+  double const tol = 1e-13;
+  check_close("out", b.out, a.out, tol);
+  check_close("h", b.h, a.h, tol);
+  check_close("c", b.c, a.c, tol);
+  check_close("aux", b.aux, a.aux, tol);
+  check_close("dx", b.dx, a.dx, tol);
+  check_close("dh0", b.dh0, a.dh0, tol);
+  check_close("dc0", b.dc0, a.dc0, tol);
+  check_close("d weight1", b.g_weight1, a.g_weight1, tol);
+  check_close("d weight1_g", b.g_weight1_g, a.g_weight1_g, tol);
+  check_close("d weight2", b.g_weight2, a.g_weight2, tol);
+  check_close("d weight2_g", b.g_weight2_g, a.g_weight2_g, tol);
+  check_close("d bias2", b.g_bias2, a.g_bias2, tol);
+  check_close("separate again", runs[2].g_weight1, a.g_weight1, 0.0);
 }
 
 TEST_CASE_TEMPLATE_DEFINE("bf16 products keep the network within bf16 error of the reference", Exec,
@@ -116,6 +191,8 @@ TEST_CASE_TEMPLATE_DEFINE("bf16 products keep the network within bf16 error of t
 
 TEST_CASE_TEMPLATE_DEFINE("elementwise activations match the naive reference", Exec, elementwise) {
   for (auto const& c : cases()) {
+    check_case<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(
+        c, trellis::blas::MathMode::strict, trellis::InjectionMode::separate);
     check_case<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c);
     check_case<Exec, double, trellis::Untied, trellis::ElementwiseRelu>(c);
     check_case<Exec, float, trellis::TiedAcrossDepth, trellis::ElementwiseRelu>(c);
@@ -192,8 +269,10 @@ namespace {
 // masks as forward did, so on the host every result is the full-memory one bit for bit;
 // devices get a few ulps of room for GEMM algorithms that may differ by workspace.
 template <class Exec, class Scalar, class Tying, class Activation>
-void check_recomputation(Case const& c, int k) {
+void check_recomputation(Case const& c, int k,
+                         trellis::InjectionMode injection = trellis::InjectionMode::automatic) {
   CAPTURE(std::string(c.name));
+  CAPTURE(int(injection));
   CAPTURE(std::string(Tying::name));
   CAPTURE(std::string(Activation::name));
   CAPTURE(sizeof(Scalar));
@@ -211,6 +290,8 @@ void check_recomputation(Case const& c, int k) {
   Kokkos::deep_copy(Q.weight1_g, P.weight1_g);
   Kokkos::deep_copy(Q.weight2_g, P.weight2_g);
   recomputing.set_recompute_interval(k);
+  full.set_injection_mode(injection);
+  recomputing.set_injection_mode(injection);
   auto masks = c.masks ? fixed_masks(full, c.N, rng) : typename Network::masks_type{};
   Pass a = random_pass(c.shape, c.L, c.N, rng), b = a;
   run_network(full, a, masks);
@@ -249,6 +330,8 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation gives the full-memory results", E
   }
   auto const& c = all.back();
   for (int k : {0, 4}) {
+    check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(
+        c, k, trellis::InjectionMode::separate);
     check_recomputation<Exec, double, trellis::Untied, trellis::LSTMGating>(c, k);
     check_recomputation<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, k);
     check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::ElementwiseRelu>(c, k);
@@ -304,6 +387,7 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and re
 }
 
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(folded_injection, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(network_bf16, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(untied_equal, trellis::test::Backends);

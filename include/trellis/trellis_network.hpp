@@ -13,6 +13,8 @@
 // S = [m z~_{t-d} | m z~_t] with the hidden kernel and one fused kernel for bias,
 // gates (i, o, g, f), cell and output. Backward: per level one fused kernel and the
 // weight- and data-gradient GEMMs; the injection's GEMMs once per distinct dilation.
+// With a narrow input (InjectionMode), the injection rides in the hidden GEMM instead:
+// [S | x_{t-d} | x_t | 1] [W2 | W1 | 0]^T, and no U is kept.
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -36,6 +38,15 @@
 #include <trellis/weight_tying.hpp>
 
 namespace trellis {
+
+/// Where the input injection is computed. `separate`: U = Xs W1^T once per distinct
+/// dilation, kept (R, G q) per dilation and added by each level's fused kernel.
+/// `folded`: the input columns ride in every level's hidden GEMM, K = 2q + 2p + 1, and
+/// nothing per dilation is kept. `automatic` folds when ninp <= 16 (pixel-by-pixel
+/// inputs): there the extra columns cost far less than writing and rereading U, its
+/// gradient and their per-dilation GEMMs. Results agree to rounding; RnnSparse is
+/// always separate.
+enum class InjectionMode { automatic, separate, folded };
 
 /// What forward keeps for backward. Made and resized by forward; reuse one per
 /// network so that steady-state steps allocate nothing. Backward also reads the
@@ -62,13 +73,17 @@ struct TrellisCache {
   matrices injection;
   matrix recomputed_injection;
   int recomputed_slot = -1;
+  // Folded injection: the dilation whose input columns `history` holds (-1: none yet).
+  bool folded = false;
+  int stacked_dilation = -1;
   // Scratch.
-  matrix history, d_history;      // (R, 2q)
-  matrix stacked_input, d_stacked_input;  // (R, 2 ninp)
+  matrix history, d_history;      // (R, 2q); folded: (R, 2q + 2p + 1) and (R, 2q + 2p)
+  matrix stacked_input, d_stacked_input;  // (R, 2 ninp), separate injection only
   matrix d_gates;                 // (R, G q)
   matrix d_cell_a, d_cell_b;      // (R, q)
   matrix ones;                    // (1, R): bias gradient as a GEMM
   Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_row, unit_row;  // (q)
+  Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_gates;          // (G q)
 
   /// Bytes this cache holds on its memory space (the structure's scratch not counted).
   std::size_t bytes() const {
@@ -76,7 +91,7 @@ struct TrellisCache {
     auto add = [&](auto const& v) { total += v.span() * sizeof(Scalar); };
     add(gates), add(cell), add(injection), add(recomputed_injection), add(history), add(d_history);
     add(stacked_input), add(d_stacked_input), add(d_gates), add(d_cell_a), add(d_cell_b);
-    add(ones), add(zero_row), add(unit_row);
+    add(ones), add(zero_row), add(unit_row), add(zero_gates);
     return total;
   }
 };
@@ -143,8 +158,25 @@ class TrellisNetwork {
 
   TrellisShape const& shape() const { return shape_; }
   int kernels() const { return WeightTying::kernels(shape_.nlevels); }
-  /// Number of injection GEMMs per forward (distinct dilations, or levels when untied).
-  int injection_slots() const { return int(slot_dilation_.size()); }
+  /// Number of injection GEMMs per forward (distinct dilations, or levels when untied;
+  /// none when the injection is folded into the hidden GEMMs).
+  int injection_slots() const { return injection_folded() ? 0 : int(slot_dilation_.size()); }
+
+  /// Where the injection is computed (InjectionMode); takes effect at the next forward.
+  void set_injection_mode(InjectionMode mode) {
+    if (mode == InjectionMode::folded && !structure_ops::can_fold_injection)
+      detail::fail("trellis::TrellisNetwork::set_injection_mode: the ", Structure::name,
+                   " structure has no folded injection; use separate or automatic");
+    injection_mode_ = mode;
+  }
+  InjectionMode injection_mode() const { return injection_mode_; }
+  /// Whether forward folds the injection into the hidden GEMMs (InjectionMode).
+  bool injection_folded() const {
+    if constexpr (!structure_ops::can_fold_injection) return false;
+    return injection_mode_ == InjectionMode::folded ||
+           (injection_mode_ == InjectionMode::automatic && shape_.ninp <= fold_max_inputs);
+  }
+  static constexpr int fold_max_inputs = 16;
   parameters_type& parameters() { return params_; }
   parameters_type const& parameters() const { return params_; }
   parameters_type& gradients() { return grads_; }
@@ -204,7 +236,11 @@ class TrellisNetwork {
 
     structure_ops::forward_weights(space, params_, masks, cache.weights);
 
-    for (int s = 0; s < injection_slots(); ++s) {
+    if (cache.folded) {
+      if constexpr (structure_ops::can_fold_injection) structure_ops::fold_weights(space, cache.weights);
+      cache.stacked_dilation = -1;  // a new x
+    }
+    for (int s = 0; !cache.folded && s < int(slot_dilation_.size()); ++s) {
       inject(space, cache, s, slot(cache.injection, s));
     }
 
@@ -248,7 +284,7 @@ class TrellisNetwork {
 
     structure_ops::begin_backward(space, cache.weights);
     bool const recomputing = cache.interval > 1;
-    auto const d_injection = cache.injection;  // dU from here on
+    auto const d_injection = cache.injection;  // dU from here on (empty when folded)
     Kokkos::deep_copy(space, d_injection, Scalar(0));
     cache.recomputed_slot = -1;
 
@@ -270,21 +306,24 @@ class TrellisNetwork {
       auto a = level_args(cache, level);
       g.d_cell_above = dc_above;
       g.d_cell_down = dc_down;
-      g.d_injection = slot(d_injection, level_slot_[level]);
+      if (!cache.folded) g.d_injection = slot(d_injection, level_slot_[level]);
       detail::level_backward<Activation>(space, a, g);
       auto const rows = std::make_pair(0L, a.hidden_rows);
       auto const dA = Kokkos::subview(cache.d_gates, rows, Kokkos::ALL);
       // dW += dA^T S and dS = dA W (level 1: only the rows t < d carry history).
-      structure_ops::hidden_backward(space, cache.weights, params_, grads_, WeightTying::kernel_of(level), dA,
-                                     Kokkos::subview(cache.history, rows, Kokkos::ALL),
-                                     Kokkos::subview(cache.d_history, rows, Kokkos::ALL), math_);
+      if (cache.folded)
+        folded_backward(space, cache, level, a, want_dx ? dx : sequence_view());
+      else
+        structure_ops::hidden_backward(space, cache.weights, params_, grads_, WeightTying::kernel_of(level), dA,
+                                       Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                                       Kokkos::subview(cache.d_history, rows, Kokkos::ALL), math_);
       if (want_dh0 || want_dc0)
         detail::history_backward<Activation, ExecutionSpace, Scalar, memory_space>(
             space, a, cache.d_history, dc_down, dh0, dc0);
       std::swap(dc_above, dc_down);
     }
 
-    for (int s = 0; s < injection_slots(); ++s) {
+    for (int s = 0; !cache.folded && s < int(slot_dilation_.size()); ++s) {
       auto const dU = slot(d_injection, s);
       int const k = slot_kernel_[s];
       detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, slot_dilation_[s],
@@ -298,6 +337,10 @@ class TrellisNetwork {
             space, cache.d_stacked_input, slot_dilation_[s], dx);
     }
 
+    if (cache.folded) {
+      if constexpr (structure_ops::can_fold_injection)
+        structure_ops::unfold_gradients(space, cache.weights, grads_);
+    }
     structure_ops::finish_backward(space, params_, grads_, cache.masks, cache.weights);
   }
 
@@ -331,18 +374,70 @@ class TrellisNetwork {
 
   /// A level's forward after its history is in place: the hidden GEMM, then the fused
   /// kernel, which also writes the next level's history.
-  void forward_level(ExecutionSpace const& space, cache_type const& cache, int level,
+  void forward_level(ExecutionSpace const& space, cache_type& cache, int level,
                      detail::LevelArgs<Scalar, memory_space> const& a) const {
     long const R = a.L * a.N;
-    auto const rows = std::make_pair(0L, a.hidden_rows);
-    structure_ops::hidden(space, cache.weights, params_, WeightTying::kernel_of(level),
-                          Kokkos::subview(cache.history, rows, Kokkos::ALL),
-                          Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
-    // Level 1's history is zero past t = d: those rows of S W^T are zero.
-    if (a.hidden_rows < R)
-      Kokkos::deep_copy(space, Kokkos::subview(a.gates, std::make_pair(a.hidden_rows, R), Kokkos::ALL),
-                        Scalar(0));
+    auto const rows = std::make_pair(0L, a.hidden_rows), rest = std::make_pair(a.hidden_rows, R);
+    if (cache.folded) {
+      if constexpr (structure_ops::can_fold_injection) {
+        stack_folded_input(space, cache, a.d);
+        int const k = WeightTying::kernel_of(level);
+        long const q2 = 2 * shape_.q(), width = cache.history.extent(1);
+        structure_ops::hidden_folded(space, cache.weights, k, 0, Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                                     Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+        // Level 1 past t = d: its history is zero, the injection alone remains.
+        if (a.hidden_rows < R)
+          structure_ops::hidden_folded(space, cache.weights, k, q2,
+                                       Kokkos::subview(cache.history, rest, std::make_pair(q2, width)),
+                                       Kokkos::subview(a.gates, rest, Kokkos::ALL), math_);
+      }
+    } else {
+      structure_ops::hidden(space, cache.weights, params_, WeightTying::kernel_of(level),
+                            Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                            Kokkos::subview(a.gates, rows, Kokkos::ALL), math_);
+      // Level 1's history is zero past t = d: those rows of S W^T are zero.
+      if (a.hidden_rows < R) Kokkos::deep_copy(space, Kokkos::subview(a.gates, rest, Kokkos::ALL), Scalar(0));
+    }
     detail::level_forward<Activation>(space, a);
+  }
+
+  /// Folded injection: the input columns of the history for dilation d, if they hold
+  /// another one (levels of one dilation share them, as they share U when separate).
+  void stack_folded_input(ExecutionSpace const& space, cache_type& cache, int d) const {
+    if (cache.stacked_dilation == d) return;
+    detail::stack_input<ExecutionSpace, Scalar, memory_space>(space, cache.x, d, cache.history,
+                                                             2 * shape_.q());
+    cache.stacked_dilation = d;
+  }
+
+  /// Folded injection, one level of backward: dW~ += dA^T [S | Xs | 1] (this gives dW2,
+  /// dW1 and the bias gradient at once), dS = dA W2 and, when dx is wanted, dXs = dA W1
+  /// added into dx. Level 1's rows past t = d carry the injection alone.
+  void folded_backward(ExecutionSpace const& space, cache_type& cache, int level,
+                       detail::LevelArgs<Scalar, memory_space> const& a, sequence_view const& dx) const {
+    if constexpr (structure_ops::can_fold_injection) {
+      long const R = a.L * a.N, q2 = 2 * shape_.q(), width = cache.history.extent(1);
+      bool const want_dx = dx.extent(0) > 0;
+      long const to = want_dx ? q2 + 2 * shape_.ninp : q2;
+      auto const rows = std::make_pair(0L, a.hidden_rows), rest = std::make_pair(a.hidden_rows, R);
+      int const k = WeightTying::kernel_of(level);
+      stack_folded_input(space, cache, a.d);
+      structure_ops::hidden_folded_backward(space, cache.weights, k, 0, to,
+                                            Kokkos::subview(cache.d_gates, rows, Kokkos::ALL),
+                                            Kokkos::subview(cache.history, rows, Kokkos::ALL),
+                                            Kokkos::subview(cache.d_history, rows, std::make_pair(0L, to)), math_);
+      if (a.hidden_rows < R) {
+        auto const dS = Kokkos::subview(cache.d_history, rest, std::make_pair(q2, to));
+        structure_ops::hidden_folded_backward(space, cache.weights, k, q2, to,
+                                              Kokkos::subview(cache.d_gates, rest, Kokkos::ALL),
+                                              Kokkos::subview(cache.history, rest, std::make_pair(q2, width)),
+                                              want_dx ? dS : decltype(dS)(), math_);
+      }
+      if (want_dx)
+        detail::unstack_input_gradient<ExecutionSpace, Scalar, memory_space>(space, cache.d_history, a.d, dx, q2);
+    } else {
+      (void)space, (void)cache, (void)level, (void)a, (void)dx;
+    }
   }
 
   /// Recomputes the block of levels that holds `level` from the kept level below it
@@ -356,12 +451,14 @@ class TrellisNetwork {
       a.top = false;
       a.aux = -1;
       // The slot holds dU by now: the same GEMM on the same input gives U again.
-      int const s = level_slot_[i];
-      if (cache.recomputed_slot != s) {
-        inject(space, cache, s, cache.recomputed_injection);
-        cache.recomputed_slot = s;
+      if (!cache.folded) {
+        int const s = level_slot_[i];
+        if (cache.recomputed_slot != s) {
+          inject(space, cache, s, cache.recomputed_injection);
+          cache.recomputed_slot = s;
+        }
+        a.injection = cache.recomputed_injection;
       }
-      a.injection = cache.recomputed_injection;
       if (i == lo) {
         if (i == 0)
           detail::first_history<ExecutionSpace, Scalar, memory_space>(space, a);
@@ -383,14 +480,19 @@ class TrellisNetwork {
     auto alloc = [&](char const* name) {
       return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
     };
+    bool const folded = injection_folded();
     structure_ops::prepare(space, c.weights, shape_, kernels(), groups);
+    if constexpr (structure_ops::can_fold_injection)
+      structure_ops::prepare_folded(space, c.weights, shape_, kernels(), groups, folded);
     c.resident_lo = 0, c.resident_hi = -1;
-    if (c.length == L && c.batch == N && c.interval == interval_ &&
+    if (c.length == L && c.batch == N && c.interval == interval_ && c.folded == folded &&
         c.gates.extent(0) == std::size_t(storage_slots(interval_)))
       return;
     c.length = L;
     c.batch = N;
     c.interval = interval_;
+    c.folded = folded;
+    c.stacked_dilation = -1;
     // Release the old buffers first, so that peak memory is the new size, not the sum.
     c.gates = matrices();
     c.cell = matrices();
@@ -398,17 +500,23 @@ class TrellisNetwork {
     int const slots = storage_slots(interval_);
     c.gates = matrices(alloc("gates"), slots, R, G * q);
     c.cell = matrices(alloc("cell"), Activation::has_cell ? slots : 0, R, q);
-    c.injection = matrices(alloc("injection"), injection_slots(), R, G * q);
-    c.recomputed_injection = matrix(alloc("recomputed_injection"), interval_ > 1 ? R : 0, G * q);
-    c.history = matrix(alloc("history"), R, 2 * q);
-    c.d_history = matrix(alloc("d_history"), R, 2 * q);
-    c.stacked_input = matrix(alloc("stacked_input"), R, 2 * p);
-    c.d_stacked_input = matrix(alloc("d_stacked_input"), R, 2 * p);
+    long const separate = folded ? 0 : R;  // rows of what only the separate injection needs
+    c.injection = matrices(alloc("injection"), folded ? 0 : int(slot_dilation_.size()), R, G * q);
+    c.recomputed_injection = matrix(alloc("recomputed_injection"), interval_ > 1 ? separate : 0, G * q);
+    // Folded: [S | x_{t-d} | x_t | 1]; the ones column gives the bias gradient.
+    c.history = matrix(alloc("history"), R, folded ? 2 * q + 2 * p + 1 : 2 * q);
+    c.d_history = matrix(alloc("d_history"), R, folded ? 2 * q + 2 * p : 2 * q);
+    if (folded)
+      Kokkos::deep_copy(space, Kokkos::subview(c.history, Kokkos::ALL, 2 * q + 2 * p), Scalar(1));
+    c.stacked_input = matrix(alloc("stacked_input"), separate, 2 * p);
+    c.d_stacked_input = matrix(alloc("d_stacked_input"), separate, 2 * p);
     c.d_gates = matrix(alloc("d_gates"), R, G * q);
     c.d_cell_a = matrix(alloc("d_cell_a"), Activation::has_cell ? R : 0, q);
     c.d_cell_b = matrix(alloc("d_cell_b"), Activation::has_cell ? R : 0, q);
-    c.ones = matrix(alloc("ones"), 1, R);
+    c.ones = matrix(alloc("ones"), 1, separate);
     Kokkos::deep_copy(space, c.ones, Scalar(1));
+    c.zero_gates = decltype(c.zero_gates)(alloc("zero_gates"), G * q);
+    Kokkos::deep_copy(space, c.zero_gates, Scalar(0));
     c.zero_row = decltype(c.zero_row)(alloc("zero_row"), q);
     c.unit_row = decltype(c.unit_row)(alloc("unit_row"), q);
     Kokkos::deep_copy(space, c.zero_row, Scalar(0));
@@ -437,7 +545,8 @@ class TrellisNetwork {
       if (level > 0) a.cell_below = Kokkos::subview(c.cell, below, Kokkos::ALL, Kokkos::ALL);
     }
     if (level > 0) a.gates_below = Kokkos::subview(c.gates, below, Kokkos::ALL, Kokkos::ALL);
-    a.injection = slot(c.injection, level_slot_[level]);
+    if (!c.folded) a.injection = slot(c.injection, level_slot_[level]);
+    a.zero_gates = c.zero_gates;
     a.bias = Kokkos::subview(params_.bias2, WeightTying::kernel_of(level), Kokkos::ALL);
     a.h0 = c.h0;
     a.c0 = c.c0;
@@ -452,6 +561,7 @@ class TrellisNetwork {
   parameters_type params_, grads_;
   std::vector<int> slot_dilation_, slot_kernel_, level_slot_;
   blas::MathMode math_ = blas::MathMode::strict;
+  InjectionMode injection_mode_ = InjectionMode::automatic;
   int interval_ = 1;
 };
 

@@ -31,6 +31,9 @@ struct DenseScratch {
   using rows = Kokkos::View<Scalar**, Kokkos::LayoutRight, MemorySpace>;
   matrices weight1, weight2, d_weight1, d_weight2;
   rows weight1_norm, weight2_norm;
+  // With the injection folded into the hidden GEMM: [W2_k | W1_k | 0] (kernels, G q,
+  // 2q + 2p + 1) and its gradient, whose last column is the bias gradient.
+  matrices weight_folded, d_weight_folded;
 };
 
 template <class MemorySpace, class Scalar>
@@ -45,6 +48,9 @@ struct StructureOps<Dense, Exec, Scalar> {
   using masks_type = TrellisMasks<memory_space, Scalar>;
   using scratch_type = DenseScratch<memory_space, Scalar>;
   using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, memory_space>;
+
+  // The injection can ride in the hidden GEMM: [S | Xs | 1] [W2 | W1 | 0]^T.
+  static constexpr bool can_fold_injection = true;
 
   static void validate(char const*, TrellisShape const&) {}
 
@@ -80,6 +86,82 @@ struct StructureOps<Dense, Exec, Scalar> {
     c.d_weight2 = matrices(alloc("d_weight2"), kernels, G * q, 2 * q);
     c.weight1_norm = rows(alloc("weight1_norm"), kernels, G * q);
     c.weight2_norm = rows(alloc("weight2_norm"), kernels, G * q);
+  }
+
+  /// Allocates the folded kernels (once per shape) or releases them.
+  static void prepare_folded(Exec const& space, scratch_type& c, TrellisShape const& s, int kernels, int groups,
+                             bool folded) {
+    long const width = 2 * s.q() + 2 * s.ninp + 1, rows = long(groups) * s.q();
+    if (!folded) {
+      c.weight_folded = {};
+      c.d_weight_folded = {};
+      return;
+    }
+    if (c.weight_folded.extent(0) == std::size_t(kernels) && c.weight_folded.extent(1) == std::size_t(rows) &&
+        c.weight_folded.extent(2) == std::size_t(width))
+      return;
+    auto alloc = [&](char const* name) {
+      return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
+    };
+    c.weight_folded = typename scratch_type::matrices(alloc("weight_folded"), kernels, rows, width);
+    c.d_weight_folded = typename scratch_type::matrices(alloc("d_weight_folded"), kernels, rows, width);
+  }
+
+  /// W~_k = [W2_k | W1_k | 0] from this forward's effective weights.
+  static void fold_weights(Exec const& space, scratch_type const& c) {
+    auto const w1 = c.weight1, w2 = c.weight2, wf = c.weight_folded;
+    long const q2 = w2.extent(2), p2 = w1.extent(2);
+    Kokkos::parallel_for(
+        "trellis::fold_weights",
+        Kokkos::MDRangePolicy<Exec, Kokkos::Rank<3>>(space, {0, 0, 0},
+                                                     {long(wf.extent(0)), long(wf.extent(1)), long(wf.extent(2))}),
+        KOKKOS_LAMBDA(long k, long i, long j) {
+          wf(k, i, j) = j < q2 ? w2(k, i, j) : j < q2 + p2 ? w1(k, i, j - q2) : Scalar(0);
+        });
+  }
+
+  /// The folded kernel's columns [from, to): 0 and 2q + 2p + 1 for all of it.
+  static auto folded(typename scratch_type::matrices const& w, int k, long from, long to) {
+    return Kokkos::subview(w, k, Kokkos::ALL, std::make_pair(from, to));
+  }
+
+  /// A = Se W~_k^T, Se = columns [from, 2q + 2p + 1) of the extended history on the
+  /// given rows (from = 2q: the injection alone, for level 1's rows past its padding).
+  template <class SV, class AV>
+  static void hidden_folded(Exec const& space, scratch_type const& c, int k, long from, SV const& Se,
+                            AV const& A, blas::MathMode mode) {
+    long const width = c.weight_folded.extent(2);
+    blas::gemm(space, blas::Op::none, blas::Op::transpose, Scalar(1), Se, folded(c.weight_folded, k, from, width),
+               Scalar(0), A, mode);
+  }
+
+  /// dW~_k[:, from:] += dA^T Se; dSe = dA W~_k[:, from:to] when wanted (dSe non-empty;
+  /// to = 2q without the input's gradient, 2q + 2p with it).
+  template <class DAV, class SV, class DSV>
+  static void hidden_folded_backward(Exec const& space, scratch_type const& c, int k, long from, long to,
+                                     DAV const& dA, SV const& Se, DSV const& dSe, blas::MathMode mode) {
+    long const width = c.weight_folded.extent(2);
+    blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dA, Se,
+               Scalar(1), folded(c.d_weight_folded, k, from, width), mode);
+    if (dSe.extent(0) > 0 && to > from)
+      blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dA, folded(c.weight_folded, k, from, to),
+                 Scalar(0), dSe, mode);
+  }
+
+  /// Splits dW~ into the effective weights' gradients, and adds its last column (the
+  /// sums of dA over rows and levels) into the bias gradient.
+  static void unfold_gradients(Exec const& space, scratch_type const& c, parameters_type const& grads) {
+    auto const d1 = c.d_weight1, d2 = c.d_weight2, df = c.d_weight_folded;
+    auto const db = grads.bias2;
+    long const q2 = d2.extent(2), p2 = d1.extent(2), last = long(df.extent(2)) - 1;
+    Kokkos::parallel_for(
+        "trellis::unfold_gradients",
+        Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(df.extent(0)), long(df.extent(1))}),
+        KOKKOS_LAMBDA(long k, long i) {
+          for (long j = 0; j < q2; ++j) d2(k, i, j) = df(k, i, j);
+          for (long j = 0; j < p2; ++j) d1(k, i, j) = df(k, i, q2 + j);
+          db(k, i) += df(k, i, last);
+        });
   }
 
   static WeightNormArgs<Scalar, memory_space> norm_args(int which, parameters_type const& p,
@@ -121,6 +203,7 @@ struct StructureOps<Dense, Exec, Scalar> {
   static void begin_backward(Exec const& space, scratch_type const& c) {
     Kokkos::deep_copy(space, c.d_weight1, Scalar(0));
     Kokkos::deep_copy(space, c.d_weight2, Scalar(0));
+    if (c.d_weight_folded.extent(0) > 0) Kokkos::deep_copy(space, c.d_weight_folded, Scalar(0));
   }
 
   /// dW2_k += dA^T S; dS = dA W2_k.

@@ -2,9 +2,11 @@
 // The fused kernels of one level, forward and backward side by side, and the small
 // kernels around them (input stacking, history). Rows are time-major: r = t * N + n.
 //
-//   history S   (R, 2q): [m * z~_{t-d} | m * z~_t], the hidden input of a level
+//   history S   (R, 2q): [m * z~_{t-d} | m * z~_t], the hidden input of a level; with
+//                         the injection folded in, (R, 2q + 2p + 1): [... | x_{t-d} | x_t | 1]
 //   gates       (R, G q): the GEMM S W^T lands here; the fused kernel adds the
-//                         injection U and the bias, then stores the activated gates
+//                         injection U (unless folded) and the bias, then stores the
+//                         activated gates
 //   cell        (R, q)
 #include <Kokkos_Core.hpp>
 
@@ -25,33 +27,34 @@ struct LevelViews {
   using vector = Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace>;
 };
 
-/// Stacks the input for the injection of dilation d: Xs(r) = [x_{t-d} | x_t], x_{<0} = 0.
+/// Stacks the input for the injection of dilation d into columns [col, col + 2p) of xs:
+/// Xs(r) = [x_{t-d} | x_t], x_{<0} = 0.
 template <class Exec, class Scalar, class MemorySpace>
 void stack_input(Exec const& space, typename LevelViews<Scalar, MemorySpace>::csequence x, int d,
-                 typename LevelViews<Scalar, MemorySpace>::matrix xs) {
+                 typename LevelViews<Scalar, MemorySpace>::matrix xs, long col = 0) {
   long const L = x.extent(0), N = x.extent(1), p = x.extent(2);
   Kokkos::parallel_for(
       "trellis::stack_input",
       Grid2<Exec>(space, {0, 0}, {L * N, p}),
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
-        xs(r, j) = t >= d ? x(t - d, n, j) : Scalar(0);
-        xs(r, p + j) = x(t, n, j);
+        xs(r, col + j) = t >= d ? x(t - d, n, j) : Scalar(0);
+        xs(r, col + p + j) = x(t, n, j);
       });
 }
 
-/// dx(t) += dXs(t)[p:2p] + dXs(t + d)[0:p].
+/// dx(t) += dXs(t)[p:2p] + dXs(t + d)[0:p], dXs in columns [col, col + 2p) of dxs.
 template <class Exec, class Scalar, class MemorySpace>
 void unstack_input_gradient(Exec const& space, typename LevelViews<Scalar, MemorySpace>::cmatrix dxs,
-                            int d, typename LevelViews<Scalar, MemorySpace>::sequence dx) {
+                            int d, typename LevelViews<Scalar, MemorySpace>::sequence dx, long col = 0) {
   long const L = dx.extent(0), N = dx.extent(1), p = dx.extent(2);
   Kokkos::parallel_for(
       "trellis::unstack_input_gradient",
       Grid2<Exec>(space, {0, 0}, {L * N, p}),
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
-        Scalar sum = dxs(r, p + j);
-        if (t + d < L) sum += dxs(r + d * N, j);
+        Scalar sum = dxs(r, col + p + j);
+        if (t + d < L) sum += dxs(r + d * N, col + j);
         dx(t, n, j) += sum;
       });
 }
@@ -72,7 +75,8 @@ struct LevelArgs {
   typename V::matrix cell;         // (R, q), this level
   typename V::cmatrix cell_below;  // (R, q), level i-1 (unused on level 1)
   typename V::cmatrix gates_below; // (R, G q), level i-1 (backward, history rebuild)
-  typename V::cmatrix injection;   // (R, G q): U for this level's dilation
+  typename V::cmatrix injection;   // (R, G q): U for this level's dilation; empty when the
+                                   // injection is folded into the hidden GEMM
   typename V::vector bias;         // (G q)
   typename V::cmatrix h0, c0;      // (N, q)
   typename V::cmatrix mask;        // (N, q) hidden dropout m, or empty
@@ -82,6 +86,7 @@ struct LevelArgs {
   typename V::aux4 aux_out;        // (naux, L, N, nout)
   typename V::vector zero_row;     // (q) zeros, unit_row (q) ones: they stand in for an
   typename V::vector unit_row;     // absent cell or mask so that row loops stay branch-free
+  typename V::vector zero_gates;   // (G q) zeros: the U of a folded injection
 };
 
 /// Level 1's history: S = [m * h0 for t < d, else 0 | 0].
@@ -143,17 +148,22 @@ KOKKOS_INLINE_FUNCTION LstmGrad<Scalar> lstm_backward(Scalar ig, Scalar og, Scal
   return g;
 }
 
-/// Writes one channel's pre-activation gradients into dA and adds them into dU.
-template <class Scalar>
+/// Writes one channel's pre-activation gradients into dA and, unless the injection is
+/// folded into the hidden GEMM (whose weight gradient then covers it), adds them into dU.
+template <bool AddInjection, class Scalar>
 KOKKOS_INLINE_FUNCTION void store_lstm_grad(Scalar* dA, Scalar* dU, long q, long j, LstmGrad<Scalar> const& g) {
   dA[j] = g.da_i;
   dA[q + j] = g.da_o;
   dA[2 * q + j] = g.da_g;
   dA[3 * q + j] = g.da_f;
-  dU[j] += g.da_i;
-  dU[q + j] += g.da_o;
-  dU[2 * q + j] += g.da_g;
-  dU[3 * q + j] += g.da_f;
+  if constexpr (AddInjection) {
+    dU[j] += g.da_i;
+    dU[q + j] += g.da_o;
+    dU[2 * q + j] += g.da_g;
+    dU[3 * q + j] += g.da_f;
+  } else {
+    (void)dU;
+  }
 }
 
 /// Writes one channel's activated gates (i, o, g, f) over its pre-activations.
@@ -185,7 +195,7 @@ KOKKOS_INLINE_FUNCTION void lstm_forward_row(long q, Scalar* KOKKOS_RESTRICT gat
   }
 }
 
-template <class Scalar>
+template <bool AddInjection, class Scalar>
 KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTRICT gates,
                                               Scalar const* KOKKOS_RESTRICT cell,
                                               Scalar const* KOKKOS_RESTRICT c_prev,
@@ -196,7 +206,7 @@ KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTR
   for (long j = 0; j < q; ++j) {
     auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j], cell[j],
                                  c_prev[j], dz_then_dc_prev[j], dc[j]);
-    store_lstm_grad(dA, dU, q, j, g);
+    store_lstm_grad<AddInjection>(dA, dU, q, j, g);
     dz_then_dc_prev[j] = g.dc_prev;
   }
 }
@@ -237,13 +247,13 @@ template <class Activation, class Scalar, class MemorySpace>
 struct LevelForward {
   LevelArgs<Scalar, MemorySpace> a;
   long off;
-  bool masked;
+  bool masked, injected;
 
   // Host: one row, channel loops over raw row pointers so that they vectorise.
   KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
     long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
     Scalar* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
-    Scalar const* KOKKOS_RESTRICT const U = &a.injection(r, 0);
+    Scalar const* KOKKOS_RESTRICT const U = injected ? &a.injection(r, 0) : &a.zero_gates(0);
     Scalar const* KOKKOS_RESTRICT const bias = &a.bias(0);
     Scalar* KOKKOS_RESTRICT const z = &a.history(r, q);  // z, unmasked for now
     if constexpr (Activation::has_cell) {
@@ -286,7 +296,7 @@ struct LevelForward {
   KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
     long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
     Scalar* const gates = &a.gates(r, 0);
-    Scalar const* const U = &a.injection(r, 0);
+    Scalar const* const U = injected ? &a.injection(r, 0) : &a.zero_gates(0);
     auto pre = [&](long row) { return gates[row] + U[row] + a.bias(row); };
     Scalar z, c = 0;
     if constexpr (Activation::has_cell) {
@@ -319,7 +329,8 @@ struct LevelForward {
 
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
-  LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0};
+  LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0,
+                                                  a.injection.extent(0) > 0};
   for_each_element("trellis::level_forward", space, a.L * a.N, a.q, f);
 }
 
@@ -411,7 +422,7 @@ struct LevelGradArgs {
   typename V::cmatrix d_cell_above;   // (R, q): dL/dc~ sent down by the level above, at its t
   typename V::matrix d_cell_down;     // (R, q): this level's dL/dc~_{t-d} = dct * f, at t
   typename V::matrix d_gates;         // (R, G q)
-  typename V::matrix d_injection;     // (R, G q): accumulates dA
+  typename V::matrix d_injection;     // (R, G q): accumulates dA; empty when folded
 };
 
 /// Backward of one level's fused kernel: collects dL/dz and dL/dc of the level, writes
@@ -422,7 +433,7 @@ struct LevelBackward {
   LevelArgs<Scalar, MemorySpace> a;
   LevelGradArgs<Scalar, MemorySpace> b;
   long off;
-  bool masked, has_dh, has_dc, has_daux;
+  bool masked, has_dh, has_dc, has_daux, injected;
 
   // Host: one row; dL/dz is gathered into the row of d_cell_down, which the main loop
   // then overwrites with the cell gradient it sends down.
@@ -447,7 +458,7 @@ struct LevelBackward {
     if (has_daux && a.aux >= 0)
       for (long j = off; j < q; ++j) dz[j] += b.d_aux(a.aux, t, n, j - off);
     Scalar const* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
-    Scalar* KOKKOS_RESTRICT const dU = &b.d_injection(r, 0);
+    Scalar* KOKKOS_RESTRICT const dU = injected ? &b.d_injection(r, 0) : nullptr;
     if constexpr (Activation::has_cell) {
       Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);
       Scalar* KOKKOS_RESTRICT const dcd = &b.d_cell_down(r, 0);  // holds dz on entry
@@ -457,13 +468,15 @@ struct LevelBackward {
       Scalar const* KOKKOS_RESTRICT const c_prev =
           t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
       Scalar const* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
-      lstm_backward_row(q, gates, cell, c_prev, dc, dcd, dA, dU);
+      if (injected)
+        lstm_backward_row<true>(q, gates, cell, c_prev, dc, dcd, dA, dU);
+      else
+        lstm_backward_row<false>(q, gates, cell, c_prev, dc, dcd, dA, dU);
     } else {
       Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);  // holds dz on entry
-      for (long j = 0; j < q; ++j) {
-        dA[j] *= Activation::derivative_from_output(gates[j]);
-        dU[j] += dA[j];
-      }
+      for (long j = 0; j < q; ++j) dA[j] *= Activation::derivative_from_output(gates[j]);
+      if (injected)
+        for (long j = 0; j < q; ++j) dU[j] += dA[j];
     }
     history_row<Activation>(a, r, m);
   }
@@ -484,7 +497,7 @@ struct LevelBackward {
     if (has_daux && a.aux >= 0 && j >= off) dz += b.d_aux(a.aux, t, n, j - off);
     Scalar const* const gates = &a.gates(r, 0);
     Scalar* const dA = &b.d_gates(r, 0);
-    Scalar* const dU = &b.d_injection(r, 0);
+    Scalar* const dU = injected ? &b.d_injection(r, 0) : nullptr;
     if constexpr (Activation::has_cell) {
       Scalar dc = 0;
       if (a.top) {
@@ -495,12 +508,15 @@ struct LevelBackward {
       Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
       auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j],
                                    a.cell(r, j), c_prev, dz, dc);
-      store_lstm_grad(dA, dU, q, j, g);
+      if (injected)
+        store_lstm_grad<true>(dA, dU, q, j, g);
+      else
+        store_lstm_grad<false>(dA, dU, q, j, g);
       b.d_cell_down(r, j) = g.dc_prev;
     } else {
       Scalar const da = dz * Activation::derivative_from_output(gates[j]);
       dA[j] = da;
-      dU[j] += da;
+      if (injected) dU[j] += da;
     }
     history_element<Activation>(a, r, j, m);
   }
@@ -511,7 +527,7 @@ void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
                     LevelGradArgs<Scalar, MemorySpace> const& b) {
   LevelBackward<Activation, Scalar, MemorySpace> f{a, b, a.q - a.nout, a.mask.extent(0) > 0,
                                                    b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
-                                                   b.d_aux.extent(0) > 0};
+                                                   b.d_aux.extent(0) > 0, b.d_injection.extent(0) > 0};
   for_each_element("trellis::level_backward", space, a.L * a.N, a.q, f);
 }
 

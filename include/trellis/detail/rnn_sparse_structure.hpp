@@ -55,6 +55,8 @@ struct StructureOps<RnnSparse, Exec, Scalar> {
       fail(call, ": the RnnSparse structure has no weight drop (", s.describe(), ")");
   }
 
+  static constexpr bool can_fold_injection = false;  // its products are per block, not one GEMM
+
   static void prepare(Exec const&, scratch_type&, TrellisShape const&, int, int) {}
   static void forward_weights(Exec const&, parameters_type const&, masks_type const&, scratch_type const&) {}
   static void begin_backward(Exec const&, scratch_type const&) {}
