@@ -90,7 +90,7 @@ struct GemmCeiling {
   long first_rows;  ///< level 1's history is h0 for t < d only: its GEMMs take these rows
   int slots, levels;
   bool folded;
-  long width;  ///< columns of the history: 2q, or 2q + 2p + 1 folded
+  long width;  ///< columns of the history: 2q, or folded 2q + 2p + 1 padded to 8
   trellis::blas::MathMode mode;  ///< the step's: TF32 rows are held to TF32 GEMMs
   GemmCeiling(Config const& c, int injection_slots, trellis::blas::MathMode math, bool injection_folded = false)
       : R(c.N * c.L),
@@ -100,7 +100,7 @@ struct GemmCeiling {
         slots(injection_slots),
         levels(c.nlevels),
         folded(injection_folded),
-        width(injection_folded ? 2 * q + 2 * p + 1 : 2 * q),
+        width(injection_folded ? Net::structure_ops::folded_width(shape_of(c)) : 2 * q),
         mode(math) {
     S = Matrix("S", R, width);
     W = Matrix("W", G * q, width);

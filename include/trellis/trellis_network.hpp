@@ -41,8 +41,9 @@ namespace trellis {
 
 /// Where the input injection is computed. `separate`: U = Xs W1^T once per distinct
 /// dilation, kept (R, G q) per dilation and added by each level's fused kernel.
-/// `folded`: the input columns ride in every level's hidden GEMM, K = 2q + 2p + 1, and
-/// nothing per dilation is kept. `automatic` folds when ninp <= 16 (pixel-by-pixel
+/// `folded`: the input columns ride in every level's hidden GEMM, K = 2q + 2p + 1
+/// (padded to a multiple of 8), and nothing per dilation is kept. `automatic` folds
+/// when ninp <= 16 (pixel-by-pixel
 /// inputs): there the extra columns cost far less than writing and rereading U, its
 /// gradient and their per-dilation GEMMs. Results agree to rounding; RnnSparse is
 /// always separate.
@@ -77,7 +78,7 @@ struct TrellisCache {
   bool folded = false;
   int stacked_dilation = -1;
   // Scratch.
-  matrix history, d_history;      // (R, 2q); folded: (R, 2q + 2p + 1) and (R, 2q + 2p)
+  matrix history, d_history;      // (R, 2q); folded: (R, 2q + 2p + 1 + padding), (R, 2q + 2p)
   matrix stacked_input, d_stacked_input;  // (R, 2 ninp), separate injection only
   matrix d_gates;                 // (R, G q)
   matrix d_cell_a, d_cell_b;      // (R, q)
@@ -503,11 +504,19 @@ class TrellisNetwork {
     long const separate = folded ? 0 : R;  // rows of what only the separate injection needs
     c.injection = matrices(alloc("injection"), folded ? 0 : int(slot_dilation_.size()), R, G * q);
     c.recomputed_injection = matrix(alloc("recomputed_injection"), interval_ > 1 ? separate : 0, G * q);
-    // Folded: [S | x_{t-d} | x_t | 1]; the ones column gives the bias gradient.
-    c.history = matrix(alloc("history"), R, folded ? 2 * q + 2 * p + 1 : 2 * q);
+    // Folded: [S | x_{t-d} | x_t | 1 | 0 ...]; the ones column gives the bias gradient,
+    // the zero columns pad rows to an aligned width (their kernel columns are zero too,
+    // but 0 * NaN is not 0: they must be zeros).
+    long width = 2 * q;
+    if constexpr (structure_ops::can_fold_injection)
+      if (folded) width = structure_ops::folded_width(shape_);
+    c.history = matrix(alloc("history"), R, width);
     c.d_history = matrix(alloc("d_history"), R, folded ? 2 * q + 2 * p : 2 * q);
-    if (folded)
+    if (folded) {
+      auto const tail = Kokkos::subview(c.history, Kokkos::ALL, std::make_pair(2 * q + 2 * p, width));
+      Kokkos::deep_copy(space, tail, Scalar(0));
       Kokkos::deep_copy(space, Kokkos::subview(c.history, Kokkos::ALL, 2 * q + 2 * p), Scalar(1));
+    }
     c.stacked_input = matrix(alloc("stacked_input"), separate, 2 * p);
     c.d_stacked_input = matrix(alloc("d_stacked_input"), separate, 2 * p);
     c.d_gates = matrix(alloc("d_gates"), R, G * q);

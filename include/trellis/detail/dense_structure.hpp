@@ -32,7 +32,7 @@ struct DenseScratch {
   matrices weight1, weight2, d_weight1, d_weight2;
   rows weight1_norm, weight2_norm;
   // With the injection folded into the hidden GEMM: [W2_k | W1_k | 0] (kernels, G q,
-  // 2q + 2p + 1) and its gradient, whose last column is the bias gradient.
+  // folded_width) and its gradient, whose column 2q + 2p is the bias gradient.
   matrices weight_folded, d_weight_folded;
 };
 
@@ -88,10 +88,15 @@ struct StructureOps<Dense, Exec, Scalar> {
     c.weight2_norm = rows(alloc("weight2_norm"), kernels, G * q);
   }
 
+  /// Columns of the folded history and kernels: 2q + 2p + 1 rounded up to a multiple
+  /// of 8 with zeros, so that rows stay 32-byte aligned (Eigen's GEMM ran 14% slower
+  /// on seqmnist's 263 columns than on 264).
+  static long folded_width(TrellisShape const& s) { return (2 * s.q() + 2 * s.ninp + 1 + 7) / 8 * 8; }
+
   /// Allocates the folded kernels (once per shape) or releases them.
   static void prepare_folded(Exec const& space, scratch_type& c, TrellisShape const& s, int kernels, int groups,
                              bool folded) {
-    long const width = 2 * s.q() + 2 * s.ninp + 1, rows = long(groups) * s.q();
+    long const width = folded_width(s), rows = long(groups) * s.q();
     if (!folded) {
       c.weight_folded = {};
       c.d_weight_folded = {};
@@ -107,7 +112,7 @@ struct StructureOps<Dense, Exec, Scalar> {
     c.d_weight_folded = typename scratch_type::matrices(alloc("d_weight_folded"), kernels, rows, width);
   }
 
-  /// W~_k = [W2_k | W1_k | 0] from this forward's effective weights.
+  /// W~_k = [W2_k | W1_k | 0 ...] from this forward's effective weights.
   static void fold_weights(Exec const& space, scratch_type const& c) {
     auto const w1 = c.weight1, w2 = c.weight2, wf = c.weight_folded;
     long const q2 = w2.extent(2), p2 = w1.extent(2);
@@ -120,12 +125,12 @@ struct StructureOps<Dense, Exec, Scalar> {
         });
   }
 
-  /// The folded kernel's columns [from, to): 0 and 2q + 2p + 1 for all of it.
+  /// The folded kernel's columns [from, to): 0 and folded_width for all of it.
   static auto folded(typename scratch_type::matrices const& w, int k, long from, long to) {
     return Kokkos::subview(w, k, Kokkos::ALL, std::make_pair(from, to));
   }
 
-  /// A = Se W~_k^T, Se = columns [from, 2q + 2p + 1) of the extended history on the
+  /// A = Se W~_k^T, Se = columns [from, folded_width) of the extended history on the
   /// given rows (from = 2q: the injection alone, for level 1's rows past its padding).
   template <class SV, class AV>
   static void hidden_folded(Exec const& space, scratch_type const& c, int k, long from, SV const& Se,
@@ -148,19 +153,19 @@ struct StructureOps<Dense, Exec, Scalar> {
                  Scalar(0), dSe, mode);
   }
 
-  /// Splits dW~ into the effective weights' gradients, and adds its last column (the
-  /// sums of dA over rows and levels) into the bias gradient.
+  /// Splits dW~ into the effective weights' gradients, and adds its column 2q + 2p (the
+  /// sums of dA over rows and levels, from the history's ones) into the bias gradient.
   static void unfold_gradients(Exec const& space, scratch_type const& c, parameters_type const& grads) {
     auto const d1 = c.d_weight1, d2 = c.d_weight2, df = c.d_weight_folded;
     auto const db = grads.bias2;
-    long const q2 = d2.extent(2), p2 = d1.extent(2), last = long(df.extent(2)) - 1;
+    long const q2 = d2.extent(2), p2 = d1.extent(2), ones = q2 + p2;
     Kokkos::parallel_for(
         "trellis::unfold_gradients",
         Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(df.extent(0)), long(df.extent(1))}),
         KOKKOS_LAMBDA(long k, long i) {
           for (long j = 0; j < q2; ++j) d2(k, i, j) = df(k, i, j);
           for (long j = 0; j < p2; ++j) d1(k, i, j) = df(k, i, q2 + j);
-          db(k, i) += df(k, i, last);
+          db(k, i) += df(k, i, ones);
         });
   }
 

@@ -3,7 +3,8 @@
 // kernels around them (input stacking, history). Rows are time-major: r = t * N + n.
 //
 //   history S   (R, 2q): [m * z~_{t-d} | m * z~_t], the hidden input of a level; with
-//                         the injection folded in, (R, 2q + 2p + 1): [... | x_{t-d} | x_t | 1]
+//                         the injection folded in, (R, 2q + 2p + 1 + zero padding):
+//                         [... | x_{t-d} | x_t | 1 | 0 ...]
 //   gates       (R, G q): the GEMM S W^T lands here; the fused kernel adds the
 //                         injection U (unless folded) and the bias, then stores the
 //                         activated gates
