@@ -428,11 +428,13 @@ class TrellisNetwork {
                                             Kokkos::subview(cache.history, rows, Kokkos::ALL),
                                             Kokkos::subview(cache.d_history, rows, std::make_pair(0L, to)), math_);
       if (a.hidden_rows < R) {
-        auto const dS = Kokkos::subview(cache.d_history, rest, std::make_pair(q2, to));
+        auto dS = Kokkos::subview(cache.d_history, rest, std::make_pair(q2, to));
+        using dS_type = decltype(dS);
+        if (!want_dx) dS = dS_type();  // these rows' dS is the input's gradient only
         structure_ops::hidden_folded_backward(space, cache.weights, k, q2, to,
                                               Kokkos::subview(cache.d_gates, rest, Kokkos::ALL),
                                               Kokkos::subview(cache.history, rest, std::make_pair(q2, width)),
-                                              want_dx ? dS : decltype(dS)(), math_);
+                                              dS, math_);
       }
       if (want_dx)
         detail::unstack_input_gradient<ExecutionSpace, Scalar, memory_space>(space, cache.d_history, a.d, dx, q2);
