@@ -330,6 +330,61 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation gives the full-memory results", E
   }
 }
 
+// The level kernels' device shape (one work item per pack of 4, 2 or 1 channels) forced
+// on the host, so that the arithmetic a GPU runs is checked on every backend.
+struct DeviceShapedKernels {
+  DeviceShapedKernels() { trellis::detail::kernel_shape_override() = trellis::detail::KernelShape::packs; }
+  ~DeviceShapedKernels() { trellis::detail::kernel_shape_override() = trellis::detail::KernelShape::automatic; }
+  DeviceShapedKernels(DeviceShapedKernels const&) = delete;
+  DeviceShapedKernels& operator=(DeviceShapedKernels const&) = delete;
+};
+
+TEST_CASE_TEMPLATE_DEFINE("the device-shaped level kernels match the naive reference", Exec, pack_kernels) {
+  using trellis::InjectionMode;
+  using trellis::detail::pack_width;
+  using Matrix = Kokkos::View<float**, Kokkos::LayoutRight, typename Exec::memory_space>;
+  // The widest 16-byte pack that q, every row stride and every View's alignment allow.
+  Matrix gates("gates", 6, 4 * 8), cell("cell", 6, 8);
+  CHECK(pack_width<float>(8, gates, cell) == 4);
+  CHECK(pack_width<float>(6, Matrix("g", 6, 24), Matrix("c", 6, 6)) == 2);
+  CHECK(pack_width<float>(5, Matrix("g", 6, 20)) == 1);
+  CHECK(pack_width<float>(8, gates, Kokkos::subview(cell, std::make_pair(1, 6), std::make_pair(2, 8))) == 2);
+  CHECK(pack_width<float>(8, gates, Matrix()) == 4);  // empty Views do not count
+  CHECK(pack_width<double>(8, Kokkos::View<double**, Kokkos::LayoutRight, typename Exec::memory_space>("d", 2, 8)) ==
+        2);
+
+  auto const strict = trellis::blas::MathMode::strict;
+  // q = nhid + nout = 7, 9, 6, 6, 4, 8: packs of 1, 1, 2, 2, 4 and 4 in float (2 in double)
+  auto all = cases();
+  auto wide = all[2];
+  wide.name = "dilation cycle, q = 8";
+  wide.shape.nhid = 6;
+  all.push_back(wide);
+  std::vector<Pass> rows;
+  for (auto const& c : all) rows.push_back(check_case<Exec, float, trellis::TiedAcrossDepth>(c));
+  DeviceShapedKernels packs;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    auto const& c = all[i];
+    // Same operations in the same order as the row loops: the same results.
+    check_same_pass(check_case<Exec, float, trellis::TiedAcrossDepth>(c), rows[i], 0.0);
+    for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
+      check_case<Exec, double, trellis::TiedAcrossDepth>(c, strict, injection);
+      check_case<Exec, float, trellis::TiedAcrossDepth>(c, strict, injection);
+      check_case<Exec, float, trellis::Untied>(c, strict, injection);
+    }
+    check_case<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, strict, InjectionMode::separate);
+    check_case<Exec, float, trellis::Untied, trellis::ElementwiseRelu>(c);
+  }
+  // The history rebuild of recomputed blocks.
+  for (int k : {2, 3}) {
+    check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(all[1], k);
+    check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(all.back(), k);
+    check_recomputation<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(all[2], k,
+                                                                                      InjectionMode::separate);
+    check_recomputation<Exec, float, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(all[2], k);
+  }
+}
+
 TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and reuses its cache", Exec,
                           recomputation_memory) {
   Exec space;
@@ -386,3 +441,4 @@ TEST_CASE_TEMPLATE_APPLY(untied_equal, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(segments, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(recomputation, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(recomputation_memory, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(pack_kernels, trellis::test::Backends);

@@ -11,6 +11,10 @@
 //   cell        (R, q)
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
 #include <trellis/activation.hpp>
 #include <trellis/detail/fast_math.hpp>
 #include <trellis/detail/kokkos_compat.hpp>
@@ -223,23 +227,109 @@ KOKKOS_INLINE_FUNCTION void lstm_output_row(long q, Scalar const* KOKKOS_RESTRIC
   for (long j = 0; j < q; ++j) out[j] = m[j] * (og[j] * gate_tanh(cell[j]));
 }
 
-/// Runs f over a rows x cols grid. On host spaces one work item is a row, whose
-/// channels f loops over contiguously (so the loop vectorises); on devices one work
-/// item is an element, consecutive threads on consecutive channels (coalesced).
-struct RowTag {};
+/// V consecutive channels of one row, moved as one V * sizeof(Scalar)-byte access: on
+/// GPUs a warp then reads 32 x 16 contiguous bytes per instruction.
+template <class Scalar, int V>
+struct alignas(sizeof(Scalar) * V) Pack {
+  Scalar v[V];
+};
 
-template <class Exec, class Functor>
-void for_each_element(char const* label, Exec const& space, long rows, long cols, Functor const& f) {
-  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
-    (void)cols;
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
-  } else {
-    Kokkos::parallel_for(
-        label,
-        Grid2<Exec>(
-            space, {0, 0}, {rows, cols}),
-        f);
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION Pack<Scalar, V> load_pack(Scalar const* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<Pack<Scalar, V> const*>(p);  // CUDA's idiom for wide loads
+#else
+  Pack<Scalar, V> x;
+  for (int k = 0; k < V; ++k) x.v[k] = p[k];
+  return x;
+#endif
+}
+
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION void store_pack(Scalar* p, Pack<Scalar, V> const& x) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pack<Scalar, V>*>(p) = x;
+#else
+  for (int k = 0; k < V; ++k) p[k] = x.v[k];
+#endif
+}
+
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION Pack<Scalar, V> fill_pack(Scalar value) {
+  Pack<Scalar, V> x;
+  for (int k = 0; k < V; ++k) x.v[k] = value;
+  return x;
+}
+
+/// p[0:V] += x
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
+  auto y = load_pack<V>(p);
+  for (int k = 0; k < V; ++k) y.v[k] += x.v[k];
+  store_pack(p, y);
+}
+
+/// The shape of the fused kernels' work items. Host spaces take one row per item, whose
+/// channel loops vectorise; devices take one channel pack per item, consecutive threads
+/// on consecutive packs (coalesced). Tests force packs on host spaces so that the
+/// device kernels' arithmetic is checked against the reference on every backend.
+enum class KernelShape { automatic, packs };
+
+inline KernelShape& kernel_shape_override() {
+  static KernelShape shape = KernelShape::automatic;
+  return shape;
+}
+
+struct RowTag {};
+template <int V>
+struct PackTag {};
+
+/// The widest pack (at most 16 bytes) that divides q and every row stride and whose
+/// alignment every View's data has. Empty Views do not count.
+template <class Scalar, class... Views>
+int pack_width(long q, Views const&... views) {
+  for (int V = 16 / int(sizeof(Scalar)); V > 1; V /= 2) {
+    bool fits = q % V == 0;
+    auto const check = [&](auto const& v) {
+      if (v.span() == 0) return;
+      if (reinterpret_cast<std::uintptr_t>(v.data()) % (V * sizeof(Scalar)) != 0) fits = false;
+      if constexpr (std::decay_t<decltype(v)>::rank == 2)
+        if (v.stride(0) % V != 0) fits = false;
+    };
+    (check(views), ...);
+    if (fits) return V;
   }
+  return 1;
+}
+
+/// Runs f over the rows x q channels of a level: rows on host spaces, packs of `width`
+/// channels on devices (or when tests ask).
+template <class Scalar, class Exec, class Functor>
+void for_each_channel(char const* label, Exec const& space, long rows, long q, int width, Functor const& f) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    if (kernel_shape_override() == KernelShape::automatic) {
+      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
+      return;
+    }
+  }
+  constexpr int widest = 16 / int(sizeof(Scalar));
+  if constexpr (widest >= 4) {
+    if (width == 4) {
+      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<4>>(space, 0, rows * (q / 4)), f);
+      return;
+    }
+  }
+  if (width == 2)
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<2>>(space, 0, rows * (q / 2)), f);
+  else
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<1>>(space, 0, rows * q), f);
+}
+
+/// The pack width every View of a level's kernels allows.
+template <class Scalar, class MemorySpace>
+int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a) {
+  return pack_width<Scalar>(a.q, a.gates, a.cell, a.cell_below, a.gates_below, a.injection, a.bias, a.h0, a.c0,
+                            a.mask, a.history, a.h_new, a.c_new, a.zero_row, a.unit_row, a.zero_gates);
 }
 
 /// Forward of one level after its hidden GEMM: bias, injection, gates, cell, output,
@@ -293,37 +383,60 @@ struct LevelForward {
     }
   }
 
-  // Device: one element.
-  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
-    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
+  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    using P = Pack<Scalar, V>;
+    long const q = a.q, N = a.N, packs = q / V, r = i / packs, j = (i - r * packs) * V;
+    long const t = r / N, n = r % N, d = a.d, dn = a.d_next;
     Scalar* const gates = &a.gates(r, 0);
-    Scalar const* const U = injected ? &a.injection(r, 0) : &a.zero_gates(0);
-    auto pre = [&](long row) { return gates[row] + U[row] + a.bias(row); };
-    Scalar z, c = 0;
+    auto pre = [&](long col) {  // A + U + bias
+      P x = load_pack<V>(gates + col);
+      P const u = injected ? load_pack<V>(&a.injection(r, col)) : P{};
+      P const bias = load_pack<V>(&a.bias(col));
+      for (int k = 0; k < V; ++k) x.v[k] = x.v[k] + u.v[k] + bias.v[k];
+      return x;
+    };
+    P z, c;
     if constexpr (Activation::has_cell) {
-      Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
-      auto const s = lstm_forward(pre(j), pre(q + j), pre(2 * q + j), pre(3 * q + j), c_prev);
-      store_lstm_gates(gates, q, j, s);
-      a.cell(r, j) = c = s.c;
-      z = s.z;
+      P const ai = pre(j), ao = pre(q + j), ag = pre(2 * q + j), af = pre(3 * q + j);
+      P const c_prev = t >= d ? (a.first ? P{} : load_pack<V>(&a.cell_below(r - d * N, j))) : load_pack<V>(&a.c0(n, j));
+      P ig, og, gg, fg;
+      for (int k = 0; k < V; ++k) {
+        auto const s = lstm_forward(ai.v[k], ao.v[k], ag.v[k], af.v[k], c_prev.v[k]);
+        ig.v[k] = s.ig, og.v[k] = s.og, gg.v[k] = s.gg, fg.v[k] = s.fg, c.v[k] = s.c, z.v[k] = s.z;
+      }
+      store_pack(gates + j, ig);
+      store_pack(gates + q + j, og);
+      store_pack(gates + 2 * q + j, gg);
+      store_pack(gates + 3 * q + j, fg);
+      store_pack(&a.cell(r, j), c);
     } else {
-      z = Activation::apply(pre(j));
-      gates[j] = z;
+      P const x = pre(j);
+      for (int k = 0; k < V; ++k) z.v[k] = Activation::apply(x.v[k]);
+      store_pack(gates + j, z);
     }
-    if (j >= off) {
-      if (a.top) a.out(t, n, j - off) = z;
-      if (a.aux >= 0) a.aux_out(a.aux, t, n, j - off) = z;
-    }
+    for (int k = 0; k < V; ++k)
+      if (j + k >= off) {
+        if (a.top) a.out(t, n, j + k - off) = z.v[k];
+        if (a.aux >= 0) a.aux_out(a.aux, t, n, j + k - off) = z.v[k];
+      }
     if (a.top) {
       if (t == a.L - 1) {
-        a.h_new(n, j) = z;
-        if constexpr (Activation::has_cell) a.c_new(n, j) = c;
+        store_pack(&a.h_new(n, j), z);
+        if constexpr (Activation::has_cell) store_pack(&a.c_new(n, j), c);
       }
-    } else {
-      Scalar const m = masked ? a.mask(n, j) : Scalar(1);
-      a.history(r, q + j) = m * z;
-      if (t + dn < a.L) a.history(r + dn * N, j) = m * z;
-      if (t < dn) a.history(r, j) = m * a.h0(n, j);
+      return;
+    }
+    // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
+    P const m = masked ? load_pack<V>(&a.mask(n, j)) : fill_pack<V>(Scalar(1));
+    for (int k = 0; k < V; ++k) z.v[k] *= m.v[k];
+    store_pack(&a.history(r, q + j), z);
+    if (t + dn < a.L) store_pack(&a.history(r + dn * N, j), z);
+    if (t < dn) {
+      P h0 = load_pack<V>(&a.h0(n, j));
+      for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
+      store_pack(&a.history(r, j), h0);
     }
   }
 };
@@ -332,20 +445,7 @@ template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0,
                                                   a.injection.extent(0) > 0};
-  for_each_element("trellis::level_forward", space, a.L * a.N, a.q, f);
-}
-
-/// Output z of one (row, channel) of a level from its stored gates and cell.
-template <class Activation, class Scalar, class Gates, class Cell>
-KOKKOS_INLINE_FUNCTION Scalar level_output(Gates const& gates, Cell const& cell, long r, long j,
-                                           long q) {
-  if constexpr (Activation::has_cell) {
-    return gates(r, q + j) * gate_tanh(cell(r, j));
-  } else {
-    (void)cell;
-    (void)q;
-    return gates(r, j);
-  }
+  for_each_channel<Scalar>("trellis::level_forward", space, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
 /// A level's history S rebuilt from the level below's stored gates and cell (z^(0) = 0,
@@ -379,19 +479,32 @@ KOKKOS_INLINE_FUNCTION void history_row(LevelArgs<Scalar, MemorySpace> const& a,
   }
 }
 
-template <class Activation, class Scalar, class MemorySpace>
-KOKKOS_INLINE_FUNCTION void history_element(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
-                                            Scalar m) {
+template <class Activation, int V, class Scalar, class MemorySpace>
+KOKKOS_INLINE_FUNCTION void history_pack(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
+                                         Pack<Scalar, V> const& m) {
+  using P = Pack<Scalar, V>;
   long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  auto padding = [&] {  // m * h0
+    P h0 = load_pack<V>(&a.h0(n, j));
+    for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
+    return h0;
+  };
   if (a.first) {
-    a.history(r, j) = t < d ? m * a.h0(n, j) : Scalar(0);
-    a.history(r, q + j) = Scalar(0);
-  } else {
-    Scalar const zb = m * level_output<Activation, Scalar>(a.gates_below, a.cell_below, r, j, q);
-    a.history(r, q + j) = zb;
-    if (t + d < a.L) a.history(r + d * N, j) = zb;
-    if (t < d) a.history(r, j) = m * a.h0(n, j);
+    store_pack(&a.history(r, j), t < d ? padding() : P{});
+    store_pack(&a.history(r, q + j), P{});
+    return;
   }
+  P zb;
+  if constexpr (Activation::has_cell) {
+    P const og = load_pack<V>(&a.gates_below(r, q + j)), c = load_pack<V>(&a.cell_below(r, j));
+    for (int k = 0; k < V; ++k) zb.v[k] = m.v[k] * (og.v[k] * gate_tanh(c.v[k]));
+  } else {
+    P const y = load_pack<V>(&a.gates_below(r, j));
+    for (int k = 0; k < V; ++k) zb.v[k] = m.v[k] * y.v[k];
+  }
+  store_pack(&a.history(r, q + j), zb);
+  if (t + d < a.L) store_pack(&a.history(r + d * N, j), zb);
+  if (t < d) store_pack(&a.history(r, j), padding());
 }
 
 template <class Activation, class Scalar, class MemorySpace>
@@ -401,15 +514,17 @@ struct LevelHistory {
   KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
     history_row<Activation>(a, r, masked ? &a.mask(r % a.N, 0) : &a.unit_row(0));
   }
-  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
-    history_element<Activation>(a, r, j, masked ? a.mask(r % a.N, j) : Scalar(1));
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    long const packs = a.q / V, r = i / packs, j = (i - r * packs) * V;
+    history_pack<Activation, V>(a, r, j, masked ? load_pack<V>(&a.mask(r % a.N, j)) : fill_pack<V>(Scalar(1)));
   }
 };
 
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   LevelHistory<Activation, Scalar, MemorySpace> f{a, a.mask.extent(0) > 0};
-  for_each_element("trellis::level_history", space, a.L * a.N, a.q, f);
+  for_each_channel<Scalar>("trellis::level_history", space, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
 /// Gradients that reach a level from outside the level stack.
@@ -482,46 +597,75 @@ struct LevelBackward {
     history_row<Activation>(a, r, m);
   }
 
-  // Device: one element.
-  KOKKOS_INLINE_FUNCTION void operator()(long r, long j) const {
-    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
-    Scalar const m = masked ? a.mask(n, j) : Scalar(1);
-    Scalar dz = 0;
+  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    using P = Pack<Scalar, V>;
+    long const q = a.q, N = a.N, L = a.L, packs = q / V, r = i / packs, j = (i - r * packs) * V;
+    long const t = r / N, n = r % N, d = a.d, du = a.d_above;
+    P const m = masked ? load_pack<V>(&a.mask(n, j)) : fill_pack<V>(Scalar(1));
+    P dz{};
     if (a.top) {
-      if (j >= off) dz += b.d_out(t, n, j - off);
-      if (has_dh && t == L - 1) dz += b.d_h_new(n, j);
+      for (int k = 0; k < V; ++k)
+        if (j + k >= off) dz.v[k] = b.d_out(t, n, j + k - off);
+      if (has_dh && t == L - 1) {
+        P const dh = load_pack<V>(&b.d_h_new(n, j));
+        for (int k = 0; k < V; ++k) dz.v[k] += dh.v[k];
+      }
     } else {
-      Scalar s = b.d_history(r, q + j);
-      if (t + du < L) s += b.d_history(r + du * N, j);
-      dz += m * s;
+      P const above = load_pack<V>(&b.d_history(r, q + j));
+      P const later = t + du < L ? load_pack<V>(&b.d_history(r + du * N, j)) : P{};
+      for (int k = 0; k < V; ++k) dz.v[k] = m.v[k] * (t + du < L ? above.v[k] + later.v[k] : above.v[k]);
     }
-    if (has_daux && a.aux >= 0 && j >= off) dz += b.d_aux(a.aux, t, n, j - off);
+    if (has_daux && a.aux >= 0)
+      for (int k = 0; k < V; ++k)
+        if (j + k >= off) dz.v[k] += b.d_aux(a.aux, t, n, j + k - off);
     Scalar const* const gates = &a.gates(r, 0);
     Scalar* const dA = &b.d_gates(r, 0);
-    Scalar* const dU = injected ? &b.d_injection(r, 0) : nullptr;
     if constexpr (Activation::has_cell) {
-      Scalar dc = 0;
+      P dc{};
       if (a.top) {
-        if (has_dc && t == L - 1) dc = b.d_c_new(n, j);
+        if (has_dc && t == L - 1) dc = load_pack<V>(&b.d_c_new(n, j));
       } else if (t + du < L) {
-        dc = b.d_cell_above(r + du * N, j);
+        dc = load_pack<V>(&b.d_cell_above(r + du * N, j));
       }
-      Scalar const c_prev = t >= d ? (a.first ? Scalar(0) : a.cell_below(r - d * N, j)) : a.c0(n, j);
-      auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j],
-                                   a.cell(r, j), c_prev, dz, dc);
-      if (injected)
-        store_lstm_grad<true>(dA, dU, q, j, g);
-      else
-        store_lstm_grad<false>(dA, dU, q, j, g);
-      b.d_cell_down(r, j) = g.dc_prev;
+      P const c_prev = t >= d ? (a.first ? P{} : load_pack<V>(&a.cell_below(r - d * N, j))) : load_pack<V>(&a.c0(n, j));
+      P const ig = load_pack<V>(gates + j), og = load_pack<V>(gates + q + j);
+      P const gg = load_pack<V>(gates + 2 * q + j), fg = load_pack<V>(gates + 3 * q + j);
+      P const c = load_pack<V>(&a.cell(r, j));
+      P da_i, da_o, da_g, da_f, dc_prev;
+      for (int k = 0; k < V; ++k) {
+        auto const g = lstm_backward(ig.v[k], og.v[k], gg.v[k], fg.v[k], c.v[k], c_prev.v[k], dz.v[k], dc.v[k]);
+        da_i.v[k] = g.da_i, da_o.v[k] = g.da_o, da_g.v[k] = g.da_g, da_f.v[k] = g.da_f, dc_prev.v[k] = g.dc_prev;
+      }
+      store_pack(dA + j, da_i);
+      store_pack(dA + q + j, da_o);
+      store_pack(dA + 2 * q + j, da_g);
+      store_pack(dA + 3 * q + j, da_f);
+      if (injected) {
+        Scalar* const dU = &b.d_injection(r, 0);
+        add_pack(dU + j, da_i);
+        add_pack(dU + q + j, da_o);
+        add_pack(dU + 2 * q + j, da_g);
+        add_pack(dU + 3 * q + j, da_f);
+      }
+      store_pack(&b.d_cell_down(r, j), dc_prev);
     } else {
-      Scalar const da = dz * Activation::derivative_from_output(gates[j]);
-      dA[j] = da;
-      if (injected) dU[j] += da;
+      P const y = load_pack<V>(gates + j);
+      P da;
+      for (int k = 0; k < V; ++k) da.v[k] = dz.v[k] * Activation::derivative_from_output(y.v[k]);
+      store_pack(dA + j, da);
+      if (injected) add_pack(&b.d_injection(r, j), da);
     }
-    history_element<Activation>(a, r, j, m);
+    history_pack<Activation, V>(a, r, j, m);
   }
 };
+
+template <class Scalar, class MemorySpace>
+int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a, LevelGradArgs<Scalar, MemorySpace> const& b) {
+  return std::min(level_pack_width(a), pack_width<Scalar>(a.q, b.d_h_new, b.d_c_new, b.d_history, b.d_cell_above,
+                                                          b.d_cell_down, b.d_gates, b.d_injection));
+}
 
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
@@ -529,7 +673,7 @@ void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
   LevelBackward<Activation, Scalar, MemorySpace> f{a, b, a.q - a.nout, a.mask.extent(0) > 0,
                                                    b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
                                                    b.d_aux.extent(0) > 0, b.d_injection.extent(0) > 0};
-  for_each_element("trellis::level_backward", space, a.L * a.N, a.q, f);
+  for_each_channel<Scalar>("trellis::level_backward", space, a.L * a.N, a.q, level_pack_width(a, b), f);
 }
 
 /// The history's share of the initial-state gradient at one level:
