@@ -23,28 +23,44 @@ struct WeightNormArgs {
   rows norm;          // (kernels, rows): ||vd_r||
 };
 
+/// One team per weight row: on GPUs the team's threads stride its columns together
+/// (coalesced, and thousands of rows of thousands of columns fill the device); on host
+/// spaces a team is one thread, whose loops keep the sequential order of the sums.
+template <class Exec>
+Kokkos::TeamPolicy<Exec> row_teams(Exec const& space, long rows) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
+    return Kokkos::TeamPolicy<Exec>(space, rows, 1);
+  else
+    return Kokkos::TeamPolicy<Exec>(space, rows, Kokkos::AUTO);
+}
+
 template <class Exec, class Scalar, class MemorySpace>
 void weight_norm_forward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a) {
   auto const v = a.v, w = a.w, drop = a.drop;
   auto const g = a.g, norm = a.norm;
   int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
   bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
+  using member = typename Kokkos::TeamPolicy<Exec>::member_type;
   Kokkos::parallel_for(
-      "trellis::weight_norm_forward",
-      Grid2<Exec>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
-      KOKKOS_LAMBDA(long k, long r) {
+      "trellis::weight_norm_forward", row_teams(space, long(v.extent(0)) * rows),
+      KOKKOS_LAMBDA(member const& team) {
+        long const k = team.league_rank() / rows, r = team.league_rank() % rows;
+        auto vd = [&](int col) { return (dropped && col < in) ? v(k, r, col) * drop(k, r, col) : v(k, r, col); };
+        if (!wnorm) {
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width), [&](int col) { w(k, r, col) = vd(col); });
+          return;
+        }
         Scalar sum = 0;
-        for (int col = 0; col < width; ++col) {
-          Scalar const vd = (dropped && col < in) ? v(k, r, col) * drop(k, r, col) : v(k, r, col);
-          w(k, r, col) = vd;
-          sum += vd * vd;
-        }
-        if (wnorm) {
-          Scalar const nrm = sqrt(sum);
-          norm(k, r) = nrm;
-          Scalar const scale = g(k, r) / nrm;
-          for (int col = 0; col < width; ++col) w(k, r, col) *= scale;
-        }
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, width),
+            [&](int col, Scalar& partial) {
+              Scalar const x = vd(col);
+              partial += x * x;
+            },
+            sum);
+        Scalar const nrm = sqrt(sum), scale = g(k, r) / nrm;
+        Kokkos::single(Kokkos::PerTeam(team), [&] { norm(k, r) = nrm; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width), [&](int col) { w(k, r, col) = vd(col) * scale; });
       });
 }
 
@@ -58,24 +74,28 @@ void weight_norm_backward(Exec const& space, WeightNormArgs<Scalar, MemorySpace>
   auto const g = a.g, norm = a.norm;
   int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
   bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
+  using member = typename Kokkos::TeamPolicy<Exec>::member_type;
   Kokkos::parallel_for(
-      "trellis::weight_norm_backward",
-      Grid2<Exec>(space, {0, 0}, {long(v.extent(0)), long(rows)}),
-      KOKKOS_LAMBDA(long k, long r) {
+      "trellis::weight_norm_backward", row_teams(space, long(v.extent(0)) * rows),
+      KOKKOS_LAMBDA(member const& team) {
+        long const k = team.league_rank() / rows, r = team.league_rank() % rows;
         auto mask = [&](int col) { return (dropped && col < in) ? drop(k, r, col) : Scalar(1); };
         if (!wnorm) {
-          for (int col = 0; col < width; ++col) dv(k, r, col) += mask(col) * dw(k, r, col);
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width),
+                               [&](int col) { dv(k, r, col) += mask(col) * dw(k, r, col); });
           return;
         }
         Scalar const nrm = norm(k, r);
         Scalar dot = 0;
-        for (int col = 0; col < width; ++col) dot += dw(k, r, col) * v(k, r, col) * mask(col);
-        dg(k, r) += dot / nrm;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, width),
+            [&](int col, Scalar& partial) { partial += dw(k, r, col) * v(k, r, col) * mask(col); }, dot);
+        Kokkos::single(Kokkos::PerTeam(team), [&] { dg(k, r) += dot / nrm; });
         Scalar const scale = g(k, r) / nrm, proj = dot / (nrm * nrm);
-        for (int col = 0; col < width; ++col) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width), [&](int col) {
           Scalar const vd = v(k, r, col) * mask(col);
           dv(k, r, col) += mask(col) * scale * (dw(k, r, col) - proj * vd);
-        }
+        });
       });
 }
 
