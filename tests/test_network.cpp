@@ -330,10 +330,11 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation gives the full-memory results", E
   }
 }
 
-// The level kernels' device shape (one work item per pack of 4, 2 or 1 channels) forced
-// on the host, so that the arithmetic a GPU runs is checked on every backend.
+// The kernels' device shapes (level kernels: one work item per pack of 4, 2 or 1
+// channels; the others: flat ranges) forced on the host, so that the code a GPU runs is
+// checked on every backend.
 struct DeviceShapedKernels {
-  DeviceShapedKernels() { trellis::detail::kernel_shape_override() = trellis::detail::KernelShape::packs; }
+  DeviceShapedKernels() { trellis::detail::kernel_shape_override() = trellis::detail::KernelShape::device; }
   ~DeviceShapedKernels() { trellis::detail::kernel_shape_override() = trellis::detail::KernelShape::automatic; }
   DeviceShapedKernels(DeviceShapedKernels const&) = delete;
   DeviceShapedKernels& operator=(DeviceShapedKernels const&) = delete;

@@ -4,6 +4,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <trellis/blas.hpp>
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/detail/weight_norm.hpp>
 #include <trellis/dropout.hpp>
 #include <trellis/errors.hpp>
@@ -116,11 +117,10 @@ struct StructureOps<Dense, Exec, Scalar> {
   static void fold_weights(Exec const& space, scratch_type const& c) {
     auto const w1 = c.weight1, w2 = c.weight2, wf = c.weight_folded;
     long const q2 = w2.extent(2), p2 = w1.extent(2);
-    Kokkos::parallel_for(
-        "trellis::fold_weights",
-        Kokkos::MDRangePolicy<Exec, Kokkos::Rank<3>>(space, {0, 0, 0},
-                                                     {long(wf.extent(0)), long(wf.extent(1)), long(wf.extent(2))}),
-        KOKKOS_LAMBDA(long k, long i, long j) {
+    long const rows = wf.extent(1);
+    for_each_index(
+        "trellis::fold_weights", space, long(wf.extent(0)) * rows, long(wf.extent(2)), KOKKOS_LAMBDA(long ki, long j) {
+          long const k = ki / rows, i = ki % rows;
           wf(k, i, j) = j < q2 ? w2(k, i, j) : j < q2 + p2 ? w1(k, i, j - q2) : Scalar(0);
         });
   }
@@ -159,13 +159,16 @@ struct StructureOps<Dense, Exec, Scalar> {
     auto const d1 = c.d_weight1, d2 = c.d_weight2, df = c.d_weight_folded;
     auto const db = grads.bias2;
     long const q2 = d2.extent(2), p2 = d1.extent(2), ones = q2 + p2;
-    Kokkos::parallel_for(
-        "trellis::unfold_gradients",
-        Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2>>(space, {0, 0}, {long(df.extent(0)), long(df.extent(1))}),
-        KOKKOS_LAMBDA(long k, long i) {
-          for (long j = 0; j < q2; ++j) d2(k, i, j) = df(k, i, j);
-          for (long j = 0; j < p2; ++j) d1(k, i, j) = df(k, i, q2 + j);
-          db(k, i) += df(k, i, ones);
+    long const rows = df.extent(1);
+    for_each_index(
+        "trellis::unfold_gradients", space, long(df.extent(0)) * rows, ones + 1, KOKKOS_LAMBDA(long ki, long j) {
+          long const k = ki / rows, i = ki % rows;
+          if (j < q2)
+            d2(k, i, j) = df(k, i, j);
+          else if (j < ones)
+            d1(k, i, j - q2) = df(k, i, j);
+          else
+            db(k, i) += df(k, i, ones);
         });
   }
 

@@ -3,6 +3,7 @@
 // obviously right; it is the tests' reference and the fallback of every backend.
 #include <Kokkos_Core.hpp>
 
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/detail/kokkos_compat.hpp>
 #include <trellis/detail/matrix_ref.hpp>
 

@@ -42,12 +42,3 @@ inline void initialize_kokkos(int num_threads) {
 #else
 #define TRELLIS_PRAGMA_IVDEP
 #endif
-
-namespace trellis::detail {
-
-/// A 2-D index range whose second index is the fastest: consecutive GPU threads touch
-/// consecutive columns of row-major Views (the default for Cuda would be the first).
-template <class Exec>
-using Grid2 = Kokkos::MDRangePolicy<Exec, Kokkos::Rank<2, Kokkos::Iterate::Right, Kokkos::Iterate::Right>>;
-
-}  // namespace trellis::detail

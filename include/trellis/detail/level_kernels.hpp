@@ -17,6 +17,7 @@
 
 #include <trellis/activation.hpp>
 #include <trellis/detail/fast_math.hpp>
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/detail/kokkos_compat.hpp>
 
 namespace trellis::detail {
@@ -38,9 +39,8 @@ template <class Exec, class Scalar, class MemorySpace>
 void stack_input(Exec const& space, typename LevelViews<Scalar, MemorySpace>::csequence x, int d,
                  typename LevelViews<Scalar, MemorySpace>::matrix xs, long col = 0) {
   long const L = x.extent(0), N = x.extent(1), p = x.extent(2);
-  Kokkos::parallel_for(
-      "trellis::stack_input",
-      Grid2<Exec>(space, {0, 0}, {L * N, p}),
+  for_each_index(
+      "trellis::stack_input", space, L * N, p,
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         xs(r, col + j) = t >= d ? x(t - d, n, j) : Scalar(0);
@@ -53,9 +53,8 @@ template <class Exec, class Scalar, class MemorySpace>
 void unstack_input_gradient(Exec const& space, typename LevelViews<Scalar, MemorySpace>::cmatrix dxs,
                             int d, typename LevelViews<Scalar, MemorySpace>::sequence dx, long col = 0) {
   long const L = dx.extent(0), N = dx.extent(1), p = dx.extent(2);
-  Kokkos::parallel_for(
-      "trellis::unstack_input_gradient",
-      Grid2<Exec>(space, {0, 0}, {L * N, p}),
+  for_each_index(
+      "trellis::unstack_input_gradient", space, L * N, p,
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         Scalar sum = dxs(r, col + p + j);
@@ -101,9 +100,8 @@ void first_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   auto const h0 = a.h0, mask = a.mask;
   long const N = a.N, q = a.q, d = a.d;
   bool const masked = mask.extent(0) > 0;
-  Kokkos::parallel_for(
-      "trellis::first_history",
-      Grid2<Exec>(space, {0, 0}, {a.L * N, q}),
+  for_each_index(
+      "trellis::first_history", space, a.L * N, q,
       KOKKOS_LAMBDA(long r, long j) {
         long const t = r / N, n = r % N;
         Scalar const m = masked ? mask(n, j) : Scalar(1);
@@ -269,17 +267,8 @@ KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
   store_pack(p, y);
 }
 
-/// The shape of the fused kernels' work items. Host spaces take one row per item, whose
-/// channel loops vectorise; devices take one channel pack per item, consecutive threads
-/// on consecutive packs (coalesced). Tests force packs on host spaces so that the
-/// device kernels' arithmetic is checked against the reference on every backend.
-enum class KernelShape { automatic, packs };
-
-inline KernelShape& kernel_shape_override() {
-  static KernelShape shape = KernelShape::automatic;
-  return shape;
-}
-
+/// The fused kernels' work items: one row on host spaces, whose channel loops
+/// vectorise; one channel pack on devices, consecutive threads on consecutive packs.
 struct RowTag {};
 template <int V>
 struct PackTag {};
@@ -306,11 +295,10 @@ int pack_width(long q, Views const&... views) {
 /// channels on devices (or when tests ask).
 template <class Scalar, class Exec, class Functor>
 void for_each_channel(char const* label, Exec const& space, long rows, long q, int width, Functor const& f) {
-  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
-    if (kernel_shape_override() == KernelShape::automatic) {
+  if (host_shaped<Exec>()) {
+    if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
       Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
-      return;
-    }
+    return;
   }
   constexpr int widest = 16 / int(sizeof(Scalar));
   if constexpr (widest >= 4) {
@@ -689,9 +677,8 @@ void history_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a
   auto const mask = a.mask;
   long const N = a.N, steps = a.d < a.L ? a.d : a.L;
   bool const masked = mask.extent(0) > 0;
-  Kokkos::parallel_for(
-      "trellis::history_backward",
-      Grid2<Exec>(space, {0, 0}, {N, a.q}),
+  for_each_index(
+      "trellis::history_backward", space, N, a.q,
       KOKKOS_LAMBDA(long n, long j) {
         (void)dc_down, (void)dc0, (void)want_c;  // nvcc: no first capture in `if constexpr`
         Scalar sh = 0, sc = 0;
