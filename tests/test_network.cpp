@@ -364,10 +364,12 @@ TEST_CASE_TEMPLATE_DEFINE("the device-shaped level kernels match the naive refer
   std::vector<Pass> rows;
   for (auto const& c : all) rows.push_back(check_case<Exec, float, trellis::TiedAcrossDepth>(c));
   DeviceShapedKernels packs;
+  // On the host, the packs do the row loops' operations in their order: the same bits.
+  // (On devices both runs are packs; only the GEMMs' run-to-run rounding may differ.)
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
   for (std::size_t i = 0; i < all.size(); ++i) {
     auto const& c = all[i];
-    // Same operations in the same order as the row loops: the same results.
-    check_same_pass(check_case<Exec, float, trellis::TiedAcrossDepth>(c), rows[i], 0.0);
+    check_same_pass(check_case<Exec, float, trellis::TiedAcrossDepth>(c), rows[i], host ? 0.0 : 64 * epsilon<float>());
     for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
       check_case<Exec, double, trellis::TiedAcrossDepth>(c, strict, injection);
       check_case<Exec, float, trellis::TiedAcrossDepth>(c, strict, injection);
