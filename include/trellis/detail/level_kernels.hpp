@@ -252,13 +252,6 @@ KOKKOS_INLINE_FUNCTION void store_pack(Scalar* p, Pack<Scalar, V> const& x) {
 #endif
 }
 
-template <int V, class Scalar>
-KOKKOS_INLINE_FUNCTION Pack<Scalar, V> fill_pack(Scalar value) {
-  Pack<Scalar, V> x;
-  for (int k = 0; k < V; ++k) x.v[k] = value;
-  return x;
-}
-
 /// p[0:V] += x
 template <int V, class Scalar>
 KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
@@ -417,7 +410,7 @@ struct LevelForward {
       return;
     }
     // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
-    P const m = masked ? load_pack<V>(&a.mask(n, j)) : fill_pack<V>(Scalar(1));
+    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
     for (int k = 0; k < V; ++k) z.v[k] *= m.v[k];
     store_pack(&a.history(r, q + j), z);
     if (t + dn < a.L) store_pack(&a.history(r + dn * N, j), z);
@@ -505,7 +498,7 @@ struct LevelHistory {
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
     long const packs = a.q / V, r = i / packs, j = (i - r * packs) * V;
-    history_pack<Activation, V>(a, r, j, masked ? load_pack<V>(&a.mask(r % a.N, j)) : fill_pack<V>(Scalar(1)));
+    history_pack<Activation, V>(a, r, j, load_pack<V>(masked ? &a.mask(r % a.N, j) : &a.unit_row(j)));
   }
 };
 
@@ -591,7 +584,7 @@ struct LevelBackward {
     using P = Pack<Scalar, V>;
     long const q = a.q, N = a.N, L = a.L, packs = q / V, r = i / packs, j = (i - r * packs) * V;
     long const t = r / N, n = r % N, d = a.d, du = a.d_above;
-    P const m = masked ? load_pack<V>(&a.mask(n, j)) : fill_pack<V>(Scalar(1));
+    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
     P dz{};
     if (a.top) {
       for (int k = 0; k < V; ++k)
