@@ -436,6 +436,97 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and re
   check_close("full again, same cache", grads[2], grads[0], host ? 0.0 : 1e-13);
 }
 
+namespace {
+
+// Counts, through Kokkos' tool callbacks, the allocations (in every memory space) and
+// the fences (global and per instance) made while it is alive; restores the callbacks
+// it found.
+struct KokkosEventCounter {
+  static inline long allocations = 0, fences = 0;
+  Kokkos::Tools::Experimental::EventSet saved = Kokkos::Tools::Experimental::get_callbacks();
+  KokkosEventCounter() {
+    allocations = fences = 0;
+    Kokkos::Tools::Experimental::set_allocate_data_callback(
+        [](Kokkos_Profiling_SpaceHandle, char const*, void const*, std::uint64_t) { ++allocations; });
+    Kokkos::Tools::Experimental::set_begin_fence_callback([](char const*, std::uint32_t, std::uint64_t*) { ++fences; });
+  }
+  ~KokkosEventCounter() { Kokkos::Tools::Experimental::set_callbacks(saved); }
+  KokkosEventCounter(KokkosEventCounter const&) = delete;
+  KokkosEventCounter& operator=(KokkosEventCounter const&) = delete;
+};
+
+struct StepEvents {
+  long allocations, fences;
+};
+
+// One train step (forward, zero_gradients, backward with every input gradient) on the
+// given cache, counted.
+template <class Net>
+StepEvents counted_step(Net& net, typename Net::cache_type& cache, Pass const& p, typename Net::masks_type const& m) {
+  using Exec = typename Net::execution_space;
+  Exec space;
+  auto const& s = net.shape();
+  long const L = p.L, N = p.N, q = s.q();
+  typename Net::sequence_view x("x", L, N, s.ninp), out("out", L, N, s.nout), d_out("d_out", L, N, s.nout),
+      dx("dx", L, N, s.ninp);
+  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q), dh0("dh0", N, q),
+      dc0("dc0", N, q);
+  typename Net::aux_view aux("aux", s.naux(), L, N, s.nout);
+  from_host(x, p.x);
+  from_host(d_out, p.d_out);
+  space.fence();
+  StepEvents e{};
+  {
+    KokkosEventCounter counter;
+    net.forward(space, x, h0, c0, out, h, c, aux, cache, m);
+    net.zero_gradients(space);
+    net.backward(space, cache, d_out, {}, {}, {}, dx, dh0, dc0);
+    e = {KokkosEventCounter::allocations, KokkosEventCounter::fences};
+  }
+  space.fence();
+  return e;
+}
+
+}  // namespace
+
+// Issue 7: no allocation inside the level loop (every buffer lives in the cache, sized
+// on the first step), and on devices no host synchronisation in it either (a fence per
+// level would show as more fences in a deeper network). Host spaces are synchronous:
+// their fences (before every Eigen GEMM, in every host memset) are not a wait.
+TEST_CASE_TEMPLATE_DEFINE("a train step on a sized cache allocates nothing and waits for nothing per level", Exec,
+                          no_allocation_in_level_loop) {
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  auto base = cases()[1];  // wnorm, aux and masks: every per-level kernel runs
+  for (int k : {1, 3}) {
+    for (auto injection : {trellis::InjectionMode::separate, trellis::InjectionMode::folded}) {
+      StepEvents warm[2];
+      int i = 0;
+      for (int nlevels : {3, 9}) {
+        CAPTURE(k);
+        CAPTURE(int(injection));
+        CAPTURE(nlevels);
+        auto c = base;
+        c.shape.nlevels = nlevels;
+        std::mt19937_64 rng(5);
+        Exec space;
+        trellis::TrellisNetwork<Exec, float> net(space, c.shape);
+        net.set_injection_mode(injection);
+        net.set_recompute_interval(k);
+        randomize_parameters(net, rng);
+        auto masks = fixed_masks(net, c.N, rng);
+        Pass p = random_pass(c.shape, c.L, c.N, rng);
+        typename decltype(net)::cache_type cache;
+        auto const cold = counted_step(net, cache, p, masks);
+        CHECK(cold.allocations > 0);  // the cache is sized here (and the counter counts)
+        warm[i] = counted_step(net, cache, p, masks);
+        CHECK(warm[i].allocations == 0);
+        ++i;
+      }
+      if (!host) CHECK(warm[1].fences == warm[0].fences);
+    }
+  }
+}
+
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(folded_injection, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
@@ -445,3 +536,4 @@ TEST_CASE_TEMPLATE_APPLY(segments, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(recomputation, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(recomputation_memory, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(pack_kernels, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(no_allocation_in_level_loop, trellis::test::Backends);
