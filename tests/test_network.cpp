@@ -388,54 +388,6 @@ TEST_CASE_TEMPLATE_DEFINE("the device-shaped level kernels match the naive refer
   }
 }
 
-TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and reuses its cache", Exec,
-                          recomputation_memory) {
-  Exec space;
-  std::mt19937_64 rng(9);
-  auto c = cases()[2];
-  c.shape.nlevels = 12;
-  trellis::TrellisNetwork<Exec, double> net(space, c.shape);
-  randomize_parameters(net, rng);
-  CHECK(net.recompute_interval() == 1);
-  CHECK_THROWS_WITH_AS(net.set_recompute_interval(-1),
-                       doctest::Contains("set_recompute_interval: k = -1"), std::invalid_argument);
-  net.set_recompute_interval(0);
-  CHECK(net.recompute_interval() == 3);  // about sqrt(12)
-  CHECK(decltype(net)::default_recompute_interval(140) == 11);
-  CHECK(decltype(net)::default_recompute_interval(1) == 1);
-
-  // One cache through full, recomputing and full again: each pass equals a fresh one.
-  using Net = decltype(net);
-  long const L = c.L, N = c.N, q = c.shape.q();
-  typename Net::sequence_view x("x", L, N, c.shape.ninp), out("out", L, N, c.shape.nout),
-      d_out("d_out", L, N, c.shape.nout), dx("dx", L, N, c.shape.ninp);
-  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), cn("c", N, q);
-  typename Net::aux_view aux("aux", c.shape.naux(), L, N, c.shape.nout);
-  from_host(x, random_vector(x.span(), rng));
-  from_host(d_out, random_vector(d_out.span(), rng));
-  typename Net::cache_type cache;
-  std::vector<double> grads[3];
-  std::size_t bytes[3];
-  long slots[3];
-  for (int pass = 0; pass < 3; ++pass) {
-    net.set_recompute_interval(pass == 1 ? 3 : 1);
-    net.forward(space, x, h0, c0, out, h, cn, aux, cache);
-    net.zero_gradients(space);
-    net.backward(space, cache, d_out, {}, {}, {}, dx, {}, {});
-    grads[pass] = to_host(net.gradients().weight2);
-    bytes[pass] = cache.bytes();
-    slots[pass] = long(cache.gates.extent(0));
-  }
-  CHECK(slots[0] == 12);
-  CHECK(slots[1] == 12 / 3 + 3 - 1);
-  CHECK(slots[2] == 12);
-  CHECK(bytes[1] < bytes[0]);
-  CHECK(bytes[2] == bytes[0]);
-  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
-  check_close("recomputing, same cache", grads[1], grads[0], host ? 0.0 : 1e-13);
-  check_close("full again, same cache", grads[2], grads[0], host ? 0.0 : 1e-13);
-}
-
 namespace {
 
 // Counts, through Kokkos' tool callbacks, the allocations (in every memory space) and
@@ -459,10 +411,11 @@ struct StepEvents {
   long allocations, fences;
 };
 
-// One train step (forward, zero_gradients, backward with every input gradient) on the
-// given cache, counted.
+// One train step (forward, zero_gradients, backward with every input gradient) of p's
+// x and d_out, from a zero state, on the given cache; the Kokkos events it made.
 template <class Net>
-StepEvents counted_step(Net& net, typename Net::cache_type& cache, Pass const& p, typename Net::masks_type const& m) {
+StepEvents train_step(Net& net, typename Net::cache_type& cache, Pass const& p,
+                      typename Net::masks_type const& m = {}) {
   using Exec = typename Net::execution_space;
   Exec space;
   auto const& s = net.shape();
@@ -488,6 +441,46 @@ StepEvents counted_step(Net& net, typename Net::cache_type& cache, Pass const& p
 }
 
 }  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and reuses its cache", Exec,
+                          recomputation_memory) {
+  Exec space;
+  std::mt19937_64 rng(9);
+  auto c = cases()[2];
+  c.shape.nlevels = 12;
+  trellis::TrellisNetwork<Exec, double> net(space, c.shape);
+  randomize_parameters(net, rng);
+  CHECK(net.recompute_interval() == 1);
+  CHECK_THROWS_WITH_AS(net.set_recompute_interval(-1),
+                       doctest::Contains("set_recompute_interval: k = -1"), std::invalid_argument);
+  net.set_recompute_interval(0);
+  CHECK(net.recompute_interval() == 3);  // about sqrt(12)
+  CHECK(decltype(net)::default_recompute_interval(140) == 11);
+  CHECK(decltype(net)::default_recompute_interval(1) == 1);
+
+  // One cache through full, recomputing and full again: each pass equals a fresh one.
+  Pass const p = random_pass(c.shape, c.L, c.N, rng);
+  typename decltype(net)::cache_type cache;
+  std::vector<double> grads[3];
+  std::size_t bytes[3];
+  long slots[3];
+  for (int pass = 0; pass < 3; ++pass) {
+    net.set_recompute_interval(pass == 1 ? 3 : 1);
+    train_step(net, cache, p);
+    grads[pass] = to_host(net.gradients().weight2);
+    bytes[pass] = cache.bytes();
+    slots[pass] = long(cache.gates.extent(0));
+  }
+  CHECK(slots[0] == 12);
+  CHECK(slots[1] == 12 / 3 + 3 - 1);
+  CHECK(slots[2] == 12);
+  CHECK(bytes[1] < bytes[0]);
+  CHECK(bytes[2] == bytes[0]);
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  check_close("recomputing, same cache", grads[1], grads[0], host ? 0.0 : 1e-13);
+  check_close("full again, same cache", grads[2], grads[0], host ? 0.0 : 1e-13);
+}
+
 
 // Issue 7: no allocation inside the level loop (every buffer lives in the cache, sized
 // on the first step), and on devices no host synchronisation in it either (a fence per
@@ -516,9 +509,9 @@ TEST_CASE_TEMPLATE_DEFINE("a train step on a sized cache allocates nothing and w
         auto masks = fixed_masks(net, c.N, rng);
         Pass p = random_pass(c.shape, c.L, c.N, rng);
         typename decltype(net)::cache_type cache;
-        auto const cold = counted_step(net, cache, p, masks);
+        auto const cold = train_step(net, cache, p, masks);
         CHECK(cold.allocations > 0);  // the cache is sized here (and the counter counts)
-        warm[i] = counted_step(net, cache, p, masks);
+        warm[i] = train_step(net, cache, p, masks);
         CHECK(warm[i].allocations == 0);
         ++i;
       }
