@@ -277,7 +277,7 @@ void register_trellis_benchmarks() {
     std::vector<std::pair<std::string, trellis::blas::MathMode>> modes{{"", trellis::blas::MathMode::strict}};
     if (gpu) modes = {{"/tf32", trellis::blas::MathMode::tf32}, {"/fp32", trellis::blas::MathMode::strict}};
     // bf16 products on AMX tiles, where the CPU has them: the CPU's counterpart of TF32.
-    if (!gpu && trellis::detail::amx_available()) modes.push_back({"/bf16", trellis::blas::MathMode::bf16});
+    if (!gpu && trellis::blas::bf16_tiles_available()) modes.push_back({"/bf16", trellis::blas::MathMode::bf16});
     for (auto const& [suffix, mode] : modes) {
       auto configure = [&](benchmark::internal::Benchmark* b) {
         b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(c.repetitions)->ReportAggregatesOnly(true);

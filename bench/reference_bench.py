@@ -1,14 +1,14 @@
 #!/usr/bin/python3
 """The PyTorch side of bench/compare: times the reference TrellisNet core on the CPU in
-the configurations of ../shared/docs/BENCHMARKS.md (weight norm on, dropout off, random
-x, zero state; "train step" = forward + backward of mean(out^2)), and prints one JSON
-object: {"implementation": ..., "threads": T, "rows": [{"config", "forward_s",
+the benchmark configurations of bench/bench_trellis.cpp (weight norm on, dropout off,
+random x, zero state; "train step" = forward + backward of mean(out^2)), and prints one
+JSON object: {"implementation": ..., "threads": T, "rows": [{"config", "forward_s",
 "train_step_s"}]}, medians.
 
 With TRELLISNET_REF set (the TrellisNet/ folder of locuslab/trellisnet at ec1de0a) it
 times the reference code itself, its .cuda() calls made the identity so that it runs on
-the CPU; without it, tools/trellis_torch.py's TrellisCore (the same math, written from
-the spec; not the reference's kernels), and says so.
+the CPU; without it, tools/trellis_torch.py's TrellisCore (written from the paper
+and the reference code's math; the same math, not the reference's kernels), and says so.
 
     /usr/bin/python3 bench/reference_bench.py --threads 2 --configs tiny,seqmnist,charptb-cpu
 """
@@ -22,7 +22,8 @@ import time
 
 import torch
 
-CONFIGS = {  # name: N, L, ninp, nhid, nout, levels, dilation, repetitions (BENCHMARKS.md)
+# The benchmark configurations of bench/bench_trellis.cpp.
+CONFIGS = {  # name: N, L, ninp, nhid, nout, levels, dilation, repetitions
     "tiny": (4, 32, 8, 24, 8, 6, [1], 5),
     "seqmnist": (64, 784, 1, 120, 10, 11, [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512], 3),
     "charptb-cpu": (24, 140, 200, 1050, 200, 4, [1], 3),

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include <trellis/reference/naive_trellis.hpp>
-#include <trellis/trellis_network.hpp>
+#include <trellis/core/network.hpp>
+#include <trellis/testing/naive_trellis.hpp>
 
 #include "backends.hpp"
 

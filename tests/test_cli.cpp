@@ -8,9 +8,9 @@
 #include <fstream>
 #include <sstream>
 
-#include <trellis/reference/recurrent_reference.hpp>
-#include <trellis/recurrent.hpp>
-#include <trellis/safetensors.hpp>
+#include <trellis/core/recurrent.hpp>
+#include <trellis/io/safetensors.hpp>
+#include <trellis/testing/naive_recurrent.hpp>
 
 #include "helpers.hpp"
 

@@ -18,10 +18,10 @@
 #include <vector>
 
 #include <trellis/data/batching.hpp>
-#include <trellis/data/error.hpp>
 #include <trellis/data/idx.hpp>
 #include <trellis/data/image_sets.hpp>
 #include <trellis/data/text_corpus.hpp>
+#include <trellis/errors.hpp>
 
 namespace td = trellis::data;
 namespace fs = std::filesystem;

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <limits>
 
-#include <trellis/detail/fast_math.hpp>
+#include <trellis/core/detail/fast_math.hpp>
 
 #include "helpers.hpp"
 

@@ -1,7 +1,7 @@
 // trellis::blas::gemm on every backend against the portable kernel and a host loop.
 #include <doctest/doctest.h>
 
-#include <trellis/blas.hpp>
+#include <trellis/blas/gemm.hpp>
 
 #include <cstdint>
 #include <cstring>

@@ -3,7 +3,7 @@
 // T <= L, and equals its own densified weights run through the Dense structure.
 #include <doctest/doctest.h>
 
-#include <trellis/reference/recurrent_reference.hpp>
+#include <trellis/testing/naive_recurrent.hpp>
 #include <trellis/trellis.hpp>
 
 #include "helpers.hpp"

@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include <trellis/recurrent.hpp>
-#include <trellis/safetensors.hpp>
+#include <trellis/core/recurrent.hpp>
+#include <trellis/io/safetensors.hpp>
 
 namespace st = trellis::safetensors;
 

@@ -6,7 +6,7 @@
 
 #include <zlib.h>
 
-#include <trellis/blas.hpp>
+#include <trellis/blas/gemm.hpp>
 
 #include <cstdlib>
 #include <filesystem>

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Character-level LSTM language-model baseline on the State of the Union corpus.
 
-This is the PyTorch baseline behind the SOTU rows of the "Learning anchors" table in
-../shared/docs/BENCHMARKS.md, the figure our TrellisNet character model is compared with:
+This is the PyTorch baseline that our character-level TrellisNet on the same corpus
+(scripts/demo) is compared with:
 
     PyTorch 1.13 LSTM, 1 layer, hidden 512, embedding 64, Adam lr 2e-3,
     batch 32 x 128 (truncated BPTT), gradient clipping 0.25, 2 threads.

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Loads a checkpoint of `trellis train` into the reference PyTorch model with
 load_state_dict(strict=True): the check that our files carry the reference's full key
-set and shapes (../shared/docs/INTERFACES.md).
+set and shapes (docs/file-formats.md, "Checkpoint").
 
     TRELLISNET_REF=/path/to/trellisnet/TrellisNet /usr/bin/python3 tools/reference_load_check.py RUN/checkpoint.safetensors
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 DTYPES = {'F64': np.float64, 'F32': np.float32, 'I64': np.int64, 'I32': np.int32, 'U8': np.uint8}
-NOT_MODEL = ('optim.', 'state.')
+NOT_MODEL = ('optim.', 'state.', 'trainer.')
 NOT_MODEL_NAMES = ('step', 'rng', 'progress', 'permutation')
 
 

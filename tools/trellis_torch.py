@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""TrellisNet in PyTorch, written from ../shared/docs/TRELLISNET.md, for two jobs:
+"""TrellisNet in PyTorch, written from the paper and the reference code's math, for two
+jobs:
 
   1. bringing a PyTorch TrellisNet over to the C++ library: `convert` writes a
      state_dict (from torch.save of a state_dict, or of a whole reference model when
@@ -113,7 +114,7 @@ class FullConv(torch.nn.Module):
 
 class TrellisCore(torch.nn.Module):
     """The core: x (N, p, L), h0 and c0 (N, q, 1) -> out (N, L, nout), h, c (N, q, 1) and
-    aux (N, naux, L, nout), the math of TRELLISNET.md "One forward pass"."""
+    aux (N, naux, L, nout), the forward pass of the paper and the reference code."""
 
     def __init__(self, ninp, nhid, nout, nlevels, dilation=(1,), wnorm=True, aux_frequency=0, dtype=torch.float64):
         super().__init__()

@@ -115,7 +115,7 @@ void run_from_rnn(FromRnn const& a, Common const& common, trellis::RecurrentWeig
   auto const& xt = input.at(a.input, "x");
   if (xt.shape.size() != 3 || xt.shape[2] != w.input_size || xt.shape[0] < 1 || xt.shape[1] < 1)
     throw trellis::file_error(a.input + ": tensor 'x' has shape " +
-                              trellis::detail::shape_of(std::vector<long>(xt.shape.begin(), xt.shape.end())) +
+                              trellis::shape_of(std::vector<long>(xt.shape.begin(), xt.shape.end())) +
                               ", expected (T, N, " + std::to_string(w.input_size) + ") with T, N >= 1");
   long const T = xt.shape[0], N = xt.shape[1], d = w.hidden_size, q = shape.q();
   typename Net::sequence_view x("x", T, N, w.input_size), y("y", T, N, d);
@@ -185,7 +185,7 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
   check_input_names(input, a.input, {"x", "h", "c"});
   auto const& xt = input.at(a.input, "x");
   if (xt.shape.size() != 3 || xt.shape[1] != shape.ninp || xt.shape[0] < 1 || xt.shape[2] < 1)
-    throw trellis::file_error(a.input + ": tensor 'x' has shape " + trellis::detail::shape_of(trellis::tensor_shape(xt)) +
+    throw trellis::file_error(a.input + ": tensor 'x' has shape " + trellis::shape_of(trellis::tensor_shape(xt)) +
                               ", expected (N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
   long const N = xt.shape[0], L = xt.shape[2], q = shape.q();
   typename Net::sequence_view x("x", L, N, shape.ninp), out("out", L, N, shape.nout);
@@ -221,7 +221,7 @@ void run_language_model(RunCommand const& a, Common const& common, trellis::safe
   auto const& tt = input.at(a.input, "tokens");
   if (tt.shape.size() != 2 || tt.shape[0] < 1 || tt.shape[1] < 1)
     throw trellis::file_error(a.input + ": tensor 'tokens' has shape " +
-                              trellis::detail::shape_of(trellis::tensor_shape(tt)) + ", expected (N, L) with N, L >= 1");
+                              trellis::shape_of(trellis::tensor_shape(tt)) + ", expected (N, L) with N, L >= 1");
   long const N = tt.shape[0], L = tt.shape[1], V = lm.config().ntoken;
   Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N);
   trellis::tokens_from_reference(tokens, tt, V, a.input, "tokens");
@@ -450,7 +450,7 @@ int main(int argc, char** argv) {
   // made steps several times slower as a run went on.
   _mm_setcsr(_mm_getcsr() | 0x8040);
 #endif
-  trellis::detail::initialize_kokkos(common.threads);
+  trellis::initialize_kokkos(common.threads);
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);

@@ -12,7 +12,7 @@
 #include <random>
 #include <vector>
 
-#include <trellis/reference/naive_trellis.hpp>
+#include <trellis/testing/naive_trellis.hpp>
 #include <trellis/trellis.hpp>
 
 namespace {

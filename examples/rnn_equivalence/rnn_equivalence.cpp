@@ -15,7 +15,7 @@
 #include <random>
 #include <vector>
 
-#include <trellis/reference/recurrent_reference.hpp>
+#include <trellis/testing/naive_recurrent.hpp>
 #include <trellis/trellis.hpp>
 
 namespace {

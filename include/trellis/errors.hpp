@@ -1,5 +1,10 @@
 #pragma once
-// Host-side errors: an exception whose message names the call and what was wrong.
+// The library's host-side errors, one hierarchy in one header. Every message starts
+// with where the fault is (the call, the file, the flag) and says what was wrong there:
+//   invalid_argument  bad arguments: shapes, sizes, configuration, flags
+//   file_error        a file that cannot be read or written, or is malformed
+//   data_error        a data set's file or folder (a file_error: catch either)
+//   backend_error     a backend library (cuBLAS) reported a failure
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,16 +25,20 @@ class backend_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-namespace detail {
+/// A file that cannot be read or written, or whose contents are malformed; the
+/// message names the file and, where it can, the tensor and the offset.
+class file_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
-template <class... Parts>
-[[noreturn]] void fail(Parts const&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw trellis::invalid_argument(out.str());
-}
+/// A data set's file or folder that is missing, unreadable or malformed.
+class data_error : public file_error {
+ public:
+  using file_error::file_error;
+};
 
-/// "(4, 3, 8)" for a View's extents.
+/// "(4, 3, 8)": a View's extents, as error messages write shapes.
 template <class View>
 std::string shape_of(View const& v) {
   std::ostringstream out;
@@ -47,6 +56,28 @@ inline std::string shape_of(std::vector<long> const& extents) {
   return out.str();
 }
 
+namespace detail {
+
+using trellis::shape_of;
+
+/// The parts streamed one after another.
+template <class... Parts>
+std::string message(Parts const&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+template <class... Parts>
+[[noreturn]] void fail(Parts const&... parts) {
+  throw trellis::invalid_argument(message(parts...));
+}
+
+template <class... Parts>
+[[noreturn]] void fail_file(Parts const&... parts) {
+  throw trellis::file_error(message(parts...));
+}
+
 /// Checks a View's extents against the expected ones; throws naming call and tensor.
 template <class View>
 void check_shape(char const* call, char const* name, View const& v,
@@ -59,4 +90,14 @@ void check_shape(char const* call, char const* name, View const& v,
 }
 
 }  // namespace detail
+
+namespace data {
+using trellis::data_error;
+
+/// Throws a data_error whose message is the parts streamed one after another.
+template <class... Parts>
+[[noreturn]] void fail_data(Parts const&... parts) {
+  throw data_error(detail::message(parts...));
+}
+}  // namespace data
 }  // namespace trellis

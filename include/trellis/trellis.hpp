@@ -1,27 +1,46 @@
 #pragma once
-// Umbrella header of trellis: Trellis Networks on Kokkos.
-#include <trellis/activation.hpp>
-#include <trellis/blas.hpp>
-#include <trellis/checkpoint.hpp>
-#include <trellis/cross_entropy.hpp>
-#include <trellis/dropout.hpp>
-#include <trellis/embedding.hpp>
+// Umbrella header of trellis: Trellis Networks on Kokkos, layer by layer. The data
+// set readers (trellis/data/image_sets.hpp, idx.hpp) are not included: they are the
+// Trellis::data target, which links zlib.
 #include <trellis/errors.hpp>
-#include <trellis/language_model.hpp>
-#include <trellis/linear.hpp>
-#include <trellis/mixture_of_softmaxes.hpp>
-#include <trellis/optimizers.hpp>
-#include <trellis/parameter_list.hpp>
-#include <trellis/parameters.hpp>
-#include <trellis/recurrent.hpp>
-#include <trellis/reference_layout.hpp>
-#include <trellis/shape.hpp>
-#include <trellis/structure.hpp>
-#include <trellis/tensor_io.hpp>
-#include <trellis/rnn_sparse.hpp>
-#include <trellis/safetensors.hpp>
-#include <trellis/sequence_classifier.hpp>
-#include <trellis/sequence_dropout.hpp>
-#include <trellis/trellis_network.hpp>
+#include <trellis/runtime.hpp>
 #include <trellis/version.hpp>
-#include <trellis/weight_tying.hpp>
+
+// blas: the GEMM entry and its back ends
+#include <trellis/blas/gemm.hpp>
+
+// core: the TrellisNet
+#include <trellis/core/activation.hpp>
+#include <trellis/core/masks.hpp>
+#include <trellis/core/network.hpp>
+#include <trellis/core/parameters.hpp>
+#include <trellis/core/recurrent.hpp>
+#include <trellis/core/rnn_sparse.hpp>
+#include <trellis/core/shape.hpp>
+#include <trellis/core/structure.hpp>
+#include <trellis/core/weight_tying.hpp>
+
+// nn: layers and models around the core
+#include <trellis/nn/cross_entropy.hpp>
+#include <trellis/nn/dropout.hpp>
+#include <trellis/nn/embedding.hpp>
+#include <trellis/nn/language_model.hpp>
+#include <trellis/nn/linear.hpp>
+#include <trellis/nn/mixture_of_softmaxes.hpp>
+#include <trellis/nn/parameter_list.hpp>
+#include <trellis/nn/sequence_classifier.hpp>
+
+// io: files in the reference's names and layouts
+#include <trellis/io/core_file.hpp>
+#include <trellis/io/model_files.hpp>
+#include <trellis/io/safetensors.hpp>
+#include <trellis/io/tensor_io.hpp>
+#include <trellis/io/torch_layout.hpp>
+
+// train: optimisers, schedules, tasks and the trainer
+#include <trellis/train/classifier_task.hpp>
+#include <trellis/train/language_task.hpp>
+#include <trellis/train/optimizers.hpp>
+#include <trellis/train/schedule.hpp>
+#include <trellis/train/step_result.hpp>
+#include <trellis/train/trainer.hpp>

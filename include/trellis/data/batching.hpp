@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include <trellis/data/error.hpp>
+#include <trellis/errors.hpp>
 
 namespace trellis::data {
 

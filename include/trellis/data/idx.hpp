@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include <trellis/data/error.hpp>
+#include <trellis/errors.hpp>
 
 namespace trellis::data {
 

@@ -15,23 +15,11 @@
 #include <system_error>
 #include <vector>
 
-#include <trellis/data/error.hpp>
 #include <trellis/data/idx.hpp>
+#include <trellis/data/image_set.hpp>
+#include <trellis/errors.hpp>
 
 namespace trellis::data {
-
-/// count images, pixels (count, rows*cols) row-major in [0, 1], labels in [0, nclasses).
-struct ImageSet {
-  long count = 0;
-  int rows = 28, cols = 28;
-  std::vector<float> pixels;
-  std::vector<std::int32_t> labels;
-  int nclasses = 10;
-};
-
-struct ImageSplits {
-  ImageSet train, valid, test;
-};
 
 /// Where Debian's dataset-fashion-mnist installs the files.
 inline std::string default_fashion_dir() { return "/usr/share/datasets/fashion-mnist"; }
@@ -162,7 +150,7 @@ inline ImageSplits load_mnist_digits(std::string const& dir) {
   // One fixed order of all the images: digits interleaved, [digit 0 image 0, digit 1
   // image 0, ..., digit 9 image 0, digit 0 image 1, ...], a digit dropping out once its
   // images are used; then the first 7,000 train, the next 1,000 valid, the rest test
-  // (INTERFACES.md).
+  // (docs/file-formats.md).
   std::vector<std::pair<std::size_t, std::size_t>> order;  // (digit, image)
   std::size_t longest = 0;
   for (std::size_t c = 0; c < nclasses; ++c) longest = std::max(longest, digits[c].size() / pixels);

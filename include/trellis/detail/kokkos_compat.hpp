@@ -17,20 +17,6 @@ using Kokkos::Experimental::sqrt;
 using Kokkos::Experimental::tanh;
 #endif
 
-/// Kokkos::initialize with a thread count (0: Kokkos' default); the settings type
-/// changed between 3.4 and 4.x.
-inline void initialize_kokkos(int num_threads) {
-#if KOKKOS_VERSION >= 40000
-  Kokkos::InitializationSettings settings;
-  if (num_threads > 0) settings.set_num_threads(num_threads);
-  Kokkos::initialize(settings);
-#else
-  Kokkos::InitArguments args;
-  if (num_threads > 0) args.num_threads = num_threads;
-  Kokkos::initialize(args);
-#endif
-}
-
 }  // namespace trellis::detail
 
 /// Before a host loop whose iterations are independent: lets the compiler vectorise

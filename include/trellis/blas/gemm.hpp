@@ -1,0 +1,116 @@
+#pragma once
+// trellis::blas::gemm(space, ...): one entry that checks shapes, then dispatches by a
+// trait on the execution space: Eigen on host spaces, cuBLAS on Kokkos::Cuda, and a
+// portable Kokkos kernel elsewhere (also reachable as reference_gemm, the tests'
+// reference). All matrices are row-major rank-2 Views.
+#include <Kokkos_Core.hpp>
+
+#include <type_traits>
+
+#include <trellis/blas/detail/gemm_amx.hpp>
+#include <trellis/blas/detail/gemm_cublas.hpp>
+#include <trellis/blas/detail/gemm_eigen.hpp>
+#include <trellis/blas/detail/gemm_portable.hpp>
+#include <trellis/blas/detail/matrix_ref.hpp>
+#include <trellis/errors.hpp>
+
+namespace trellis::blas {
+
+enum class Op { none, transpose };
+
+/// Precision of single-precision products: strict FP32 (the default); TF32 tensor cores
+/// on GPUs (ignored on host spaces); or bfloat16 products with fp32 accumulation (AMX
+/// tiles on host CPUs that have AMX-BF16, otherwise strict FP32 there; bf16 tensor
+/// cores through cuBLAS on GPUs). Ignored in double.
+enum class MathMode { strict, tf32, bf16 };
+
+/// True where MathMode::bf16 runs on AMX tiles on this host CPU (checked once); where
+/// false, host GEMMs in that mode stay strict FP32.
+inline bool bf16_tiles_available() { return trellis::detail::amx_available(); }
+
+namespace detail {
+
+/// Which GEMM an execution space uses. Host-accessible spaces use Eigen.
+template <class Exec, class Enable = void>
+struct gemm_backend {
+  using type = std::conditional_t<
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible,
+      trellis::detail::EigenGemm, trellis::detail::PortableGemm>;
+};
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+struct gemm_backend<Kokkos::Cuda> {
+  using type = trellis::detail::CublasGemm;
+};
+#endif
+
+template <class Backend, class Exec, class AV, class BV, class CV>
+void gemm_checked(char const* call, Exec const& space, Op op_a, Op op_b,
+                  typename CV::value_type alpha, AV const& a, BV const& b,
+                  typename CV::value_type beta, CV const& c, MathMode mode) {
+  using Scalar = typename CV::value_type;
+  static_assert(std::is_same_v<std::remove_const_t<typename AV::value_type>, Scalar> &&
+                    std::is_same_v<std::remove_const_t<typename BV::value_type>, Scalar>,
+                "trellis::blas::gemm: A, B and C must hold the same scalar type");
+  static_assert(!std::is_const_v<typename CV::value_type>, "trellis::blas::gemm: C is written");
+  static_assert(Kokkos::SpaceAccessibility<Exec, typename AV::memory_space>::accessible &&
+                    Kokkos::SpaceAccessibility<Exec, typename BV::memory_space>::accessible &&
+                    Kokkos::SpaceAccessibility<Exec, typename CV::memory_space>::accessible,
+                "trellis::blas::gemm: the execution space cannot reach A, B or C");
+  bool const ta = op_a == Op::transpose, tb = op_b == Op::transpose;
+  auto const ra = trellis::detail::matrix_ref(call, "A", a);
+  auto const rb = trellis::detail::matrix_ref(call, "B", b);
+  auto const rc = trellis::detail::matrix_ref(call, "C", c);
+  std::size_t const m = ta ? ra.cols : ra.rows, k = ta ? ra.rows : ra.cols;
+  std::size_t const kb = tb ? rb.cols : rb.rows, n = tb ? rb.rows : rb.cols;
+  if (k != kb || rc.rows != m || rc.cols != n)
+    trellis::detail::fail(call, ": op(A) is ", m, " x ", k, ", op(B) is ", kb, " x ", n,
+                          ", C is ", rc.rows, " x ", rc.cols, " (A ",
+                          trellis::detail::shape_of(a), ta ? " transposed" : "", ", B ",
+                          trellis::detail::shape_of(b), tb ? " transposed" : "", ")");
+  trellis::detail::MatrixRef<Scalar const> ca{ra.data, ra.rows, ra.cols, ra.ld};
+  trellis::detail::MatrixRef<Scalar const> cb{rb.data, rb.rows, rb.cols, rb.ld};
+  if constexpr (std::is_same_v<Backend, trellis::detail::EigenGemm>) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (mode == MathMode::bf16 && trellis::detail::amx_available()) {
+        trellis::detail::gemm_impl(trellis::detail::AmxGemm{}, space, ta, tb, alpha, ca, cb,
+                                   beta, rc, k);
+        return;
+      }
+    }
+    trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k);
+  } else if constexpr (std::is_same_v<Backend, trellis::detail::PortableGemm>) {
+    (void)mode;
+    trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k);
+  } else {
+    trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k,
+                               static_cast<int>(mode));
+  }
+}
+
+}  // namespace detail
+
+/// C = alpha op(A) op(B) + beta C on `space`'s backend. beta == 0 overwrites C.
+template <class Exec, class AV, class BV, class CV>
+void gemm(Exec const& space, Op op_a, Op op_b, typename CV::value_type alpha, AV const& a,
+          BV const& b, typename CV::value_type beta, CV const& c,
+          MathMode mode = MathMode::strict) {
+  static_assert(Kokkos::is_execution_space<Exec>::value,
+                "trellis::blas::gemm: the first argument is an execution space instance");
+  detail::gemm_checked<typename detail::gemm_backend<Exec>::type>("trellis::blas::gemm", space,
+                                                                  op_a, op_b, alpha, a, b, beta,
+                                                                  c, mode);
+}
+
+/// The portable kernel on any backend: the reference every fast GEMM is tested against.
+template <class Exec, class AV, class BV, class CV>
+void reference_gemm(Exec const& space, Op op_a, Op op_b, typename CV::value_type alpha,
+                    AV const& a, BV const& b, typename CV::value_type beta, CV const& c) {
+  static_assert(Kokkos::is_execution_space<Exec>::value,
+                "trellis::blas::reference_gemm: the first argument is an execution space instance");
+  detail::gemm_checked<trellis::detail::PortableGemm>("trellis::blas::reference_gemm", space,
+                                                      op_a, op_b, alpha, a, b, beta, c,
+                                                      MathMode::strict);
+}
+
+}  // namespace trellis::blas

@@ -1,0 +1,689 @@
+#pragma once
+// The fused kernels of one level, forward and backward side by side, and the small
+// kernels around them (input stacking, history). Rows are time-major: r = t * N + n.
+//
+//   history S   (R, 2q): [m * z~_{t-d} | m * z~_t], the hidden input of a level; with
+//                         the injection folded in, (R, 2q + 2p + 1 + zero padding):
+//                         [... | x_{t-d} | x_t | 1 | 0 ...]
+//   gates       (R, G q): the GEMM S W^T lands here; the fused kernel adds the
+//                         injection U (unless folded) and the bias, then stores the
+//                         activated gates
+//   cell        (R, q)
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include <trellis/core/activation.hpp>
+#include <trellis/core/detail/fast_math.hpp>
+#include <trellis/detail/kernel_shape.hpp>
+#include <trellis/detail/kokkos_compat.hpp>
+
+namespace trellis::detail {
+
+template <class Scalar, class MemorySpace>
+struct LevelViews {
+  using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, MemorySpace>;
+  using cmatrix = Kokkos::View<Scalar const**, Kokkos::LayoutRight, MemorySpace>;
+  using sequence = Kokkos::View<Scalar***, Kokkos::LayoutRight, MemorySpace>;
+  using csequence = Kokkos::View<Scalar const***, Kokkos::LayoutRight, MemorySpace>;
+  using aux4 = Kokkos::View<Scalar****, Kokkos::LayoutRight, MemorySpace>;
+  using caux4 = Kokkos::View<Scalar const****, Kokkos::LayoutRight, MemorySpace>;
+  using vector = Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace>;
+};
+
+/// Stacks the input for the injection of dilation d into columns [col, col + 2p) of xs:
+/// Xs(r) = [x_{t-d} | x_t], x_{<0} = 0.
+template <class Exec, class Scalar, class MemorySpace>
+void stack_input(Exec const& space, typename LevelViews<Scalar, MemorySpace>::csequence x, int d,
+                 typename LevelViews<Scalar, MemorySpace>::matrix xs, long col = 0) {
+  long const L = x.extent(0), N = x.extent(1), p = x.extent(2);
+  for_each_index(
+      "trellis::stack_input", space, L * N, p,
+      KOKKOS_LAMBDA(long r, long j) {
+        long const t = r / N, n = r % N;
+        xs(r, col + j) = t >= d ? x(t - d, n, j) : Scalar(0);
+        xs(r, col + p + j) = x(t, n, j);
+      });
+}
+
+/// dx(t) += dXs(t)[p:2p] + dXs(t + d)[0:p], dXs in columns [col, col + 2p) of dxs.
+template <class Exec, class Scalar, class MemorySpace>
+void unstack_input_gradient(Exec const& space, typename LevelViews<Scalar, MemorySpace>::cmatrix dxs,
+                            int d, typename LevelViews<Scalar, MemorySpace>::sequence dx, long col = 0) {
+  long const L = dx.extent(0), N = dx.extent(1), p = dx.extent(2);
+  for_each_index(
+      "trellis::unstack_input_gradient", space, L * N, p,
+      KOKKOS_LAMBDA(long r, long j) {
+        long const t = r / N, n = r % N;
+        Scalar sum = dxs(r, col + p + j);
+        if (t + d < L) sum += dxs(r + d * N, col + j);
+        dx(t, n, j) += sum;
+      });
+}
+
+/// Everything a level's fused kernels read and write.
+template <class Scalar, class MemorySpace>
+struct LevelArgs {
+  using V = LevelViews<Scalar, MemorySpace>;
+  long L = 0, N = 0, q = 0, nout = 0;
+  int d = 1;              // this level's dilation
+  int d_next = 1;         // dilation of the level above (forward) / of this level's history
+  int d_above = 1;        // dilation of the level above (backward)
+  bool first = false;     // level 1: the lower level is z^(0) = 0, c^(0) = 0
+  bool top = false;
+  long hidden_rows = 0;   // rows of `gates` the hidden GEMM wrote (level 1: t < d only)
+  int aux = -1;           // aux index of this level, or -1
+  typename V::matrix gates;        // (R, G q)
+  typename V::matrix cell;         // (R, q), this level
+  typename V::cmatrix cell_below;  // (R, q), level i-1 (unused on level 1)
+  typename V::cmatrix gates_below; // (R, G q), level i-1 (backward, history rebuild)
+  typename V::cmatrix injection;   // (R, G q): U for this level's dilation; empty when the
+                                   // injection is folded into the hidden GEMM
+  typename V::vector bias;         // (G q)
+  typename V::cmatrix h0, c0;      // (N, q)
+  typename V::cmatrix mask;        // (N, q) hidden dropout m, or empty
+  typename V::matrix history;      // (R, 2q): S
+  typename V::sequence out;        // (L, N, nout), top level
+  typename V::matrix h_new, c_new; // (N, q), top level
+  typename V::aux4 aux_out;        // (naux, L, N, nout)
+  typename V::vector zero_row;     // (q) zeros, unit_row (q) ones: they stand in for an
+  typename V::vector unit_row;     // absent cell or mask so that row loops stay branch-free
+  typename V::vector zero_gates;   // (G q) zeros: the U of a folded injection
+};
+
+/// Level 1's history: S = [m * h0 for t < d, else 0 | 0].
+template <class Exec, class Scalar, class MemorySpace>
+void first_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
+  auto const S = a.history;
+  auto const h0 = a.h0, mask = a.mask;
+  long const N = a.N, q = a.q, d = a.d;
+  bool const masked = mask.extent(0) > 0;
+  for_each_index(
+      "trellis::first_history", space, a.L * N, q,
+      KOKKOS_LAMBDA(long r, long j) {
+        long const t = r / N, n = r % N;
+        Scalar const m = masked ? mask(n, j) : Scalar(1);
+        S(r, j) = t < d ? m * h0(n, j) : Scalar(0);
+        S(r, q + j) = Scalar(0);
+      });
+}
+
+/// The LSTM gating of one channel: gates from pre-activations, the cell from the
+/// lower level's cell, the output. Shared by the host row loops and the device kernels.
+template <class Scalar>
+struct LstmStep {
+  Scalar ig, og, gg, fg, c, z;
+};
+
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION LstmStep<Scalar> lstm_forward(Scalar a_i, Scalar a_o, Scalar a_g, Scalar a_f,
+                                                     Scalar c_prev) {
+  LstmStep<Scalar> s;
+  s.ig = gate_sigmoid(a_i);
+  s.og = gate_sigmoid(a_o);
+  s.gg = gate_tanh(a_g);
+  s.fg = gate_sigmoid(a_f);
+  s.c = s.fg * c_prev + s.ig * s.gg;
+  s.z = s.og * gate_tanh(s.c);
+  return s;
+}
+
+/// Backward of lstm_forward: from dL/dz and dL/dc (from above) to the pre-activation
+/// gradients (i, o, g, f) and dL/dc_prev.
+template <class Scalar>
+struct LstmGrad {
+  Scalar da_i, da_o, da_g, da_f, dc_prev;
+};
+
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION LstmGrad<Scalar> lstm_backward(Scalar ig, Scalar og, Scalar gg, Scalar fg,
+                                                      Scalar c, Scalar c_prev, Scalar dz, Scalar dc) {
+  Scalar const tc = gate_tanh(c);
+  Scalar const dct = dc + dz * og * (Scalar(1) - tc * tc);
+  LstmGrad<Scalar> g;
+  g.da_i = dct * gg * ig * (Scalar(1) - ig);
+  g.da_o = dz * tc * og * (Scalar(1) - og);
+  g.da_g = dct * ig * (Scalar(1) - gg * gg);
+  g.da_f = dct * c_prev * fg * (Scalar(1) - fg);
+  g.dc_prev = dct * fg;
+  return g;
+}
+
+/// Writes one channel's pre-activation gradients into dA and, unless the injection is
+/// folded into the hidden GEMM (whose weight gradient then covers it), adds them into dU.
+template <bool AddInjection, class Scalar>
+KOKKOS_INLINE_FUNCTION void store_lstm_grad(Scalar* dA, Scalar* dU, long q, long j, LstmGrad<Scalar> const& g) {
+  dA[j] = g.da_i;
+  dA[q + j] = g.da_o;
+  dA[2 * q + j] = g.da_g;
+  dA[3 * q + j] = g.da_f;
+  if constexpr (AddInjection) {
+    dU[j] += g.da_i;
+    dU[q + j] += g.da_o;
+    dU[2 * q + j] += g.da_g;
+    dU[3 * q + j] += g.da_f;
+  } else {
+    (void)dU;
+  }
+}
+
+/// Writes one channel's activated gates (i, o, g, f) over its pre-activations.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void store_lstm_gates(Scalar* gates, long q, long j, LstmStep<Scalar> const& s) {
+  gates[j] = s.ig;
+  gates[q + j] = s.og;
+  gates[2 * q + j] = s.gg;
+  gates[3 * q + j] = s.fg;
+}
+
+// Row loops with restrict-qualified parameters: compilers trust restrict on
+// parameters (not on local pointers), and without it the alias checks of these loops
+// are too many to vectorise.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_forward_row(long q, Scalar* KOKKOS_RESTRICT gates,
+                                             Scalar const* KOKKOS_RESTRICT U,
+                                             Scalar const* KOKKOS_RESTRICT bias,
+                                             Scalar const* KOKKOS_RESTRICT c_prev,
+                                             Scalar* KOKKOS_RESTRICT cell, Scalar* KOKKOS_RESTRICT z) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) {
+    auto const s = lstm_forward(gates[j] + U[j] + bias[j], gates[q + j] + U[q + j] + bias[q + j],
+                                gates[2 * q + j] + U[2 * q + j] + bias[2 * q + j],
+                                gates[3 * q + j] + U[3 * q + j] + bias[3 * q + j], c_prev[j]);
+    store_lstm_gates(gates, q, j, s);
+    cell[j] = s.c;
+    z[j] = s.z;
+  }
+}
+
+template <bool AddInjection, class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTRICT gates,
+                                              Scalar const* KOKKOS_RESTRICT cell,
+                                              Scalar const* KOKKOS_RESTRICT c_prev,
+                                              Scalar const* KOKKOS_RESTRICT dc,
+                                              Scalar* KOKKOS_RESTRICT dz_then_dc_prev,
+                                              Scalar* KOKKOS_RESTRICT dA, Scalar* KOKKOS_RESTRICT dU) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) {
+    auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j], cell[j],
+                                 c_prev[j], dz_then_dc_prev[j], dc[j]);
+    store_lstm_grad<AddInjection>(dA, dU, q, j, g);
+    dz_then_dc_prev[j] = g.dc_prev;
+  }
+}
+
+/// out = m * (o * tanh(c)): a level's masked output rebuilt from its gates and cell, in
+/// the order forward rounds it (z first, then the mask), so that it has the same bits.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void lstm_output_row(long q, Scalar const* KOKKOS_RESTRICT m,
+                                            Scalar const* KOKKOS_RESTRICT og,
+                                            Scalar const* KOKKOS_RESTRICT cell,
+                                            Scalar* KOKKOS_RESTRICT out) {
+  TRELLIS_PRAGMA_IVDEP
+  for (long j = 0; j < q; ++j) out[j] = m[j] * (og[j] * gate_tanh(cell[j]));
+}
+
+/// V consecutive channels of one row, moved as one V * sizeof(Scalar)-byte access: on
+/// GPUs a warp then reads 32 x 16 contiguous bytes per instruction.
+template <class Scalar, int V>
+struct alignas(sizeof(Scalar) * V) Pack {
+  Scalar v[V];
+};
+
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION Pack<Scalar, V> load_pack(Scalar const* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<Pack<Scalar, V> const*>(p);  // CUDA's idiom for wide loads
+#else
+  Pack<Scalar, V> x;
+  for (int k = 0; k < V; ++k) x.v[k] = p[k];
+  return x;
+#endif
+}
+
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION void store_pack(Scalar* p, Pack<Scalar, V> const& x) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pack<Scalar, V>*>(p) = x;
+#else
+  for (int k = 0; k < V; ++k) p[k] = x.v[k];
+#endif
+}
+
+/// p[0:V] += x
+template <int V, class Scalar>
+KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
+  auto y = load_pack<V>(p);
+  for (int k = 0; k < V; ++k) y.v[k] += x.v[k];
+  store_pack(p, y);
+}
+
+/// The fused kernels' work items: one row on host spaces, whose channel loops
+/// vectorise; one channel pack on devices, consecutive threads on consecutive packs.
+struct RowTag {};
+template <int V>
+struct PackTag {};
+
+/// The widest pack (at most 16 bytes) that divides q and every row stride and whose
+/// alignment every View's data has. Empty Views do not count.
+template <class Scalar, class... Views>
+int pack_width(long q, Views const&... views) {
+  for (int V = 16 / int(sizeof(Scalar)); V > 1; V /= 2) {
+    bool fits = q % V == 0;
+    auto const check = [&](auto const& v) {
+      if (v.span() == 0) return;
+      if (reinterpret_cast<std::uintptr_t>(v.data()) % (V * sizeof(Scalar)) != 0) fits = false;
+      if constexpr (std::decay_t<decltype(v)>::rank == 2)
+        if (v.stride(0) % V != 0) fits = false;
+    };
+    (check(views), ...);
+    if (fits) return V;
+  }
+  return 1;
+}
+
+/// Runs f over the rows x q channels of a level: rows on host spaces, packs of `width`
+/// channels on devices (or when tests ask).
+template <class Scalar, class Exec, class Functor>
+void for_each_channel(char const* label, Exec const& space, long rows, long q, int width, Functor const& f) {
+  if (host_shaped<Exec>()) {
+    if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
+      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
+    return;
+  }
+  constexpr int widest = 16 / int(sizeof(Scalar));
+  if constexpr (widest >= 4) {
+    if (width == 4) {
+      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<4>>(space, 0, rows * (q / 4)), f);
+      return;
+    }
+  }
+  if (width == 2)
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<2>>(space, 0, rows * (q / 2)), f);
+  else
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<1>>(space, 0, rows * q), f);
+}
+
+/// The pack width every View of a level's kernels allows.
+template <class Scalar, class MemorySpace>
+int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a) {
+  return pack_width<Scalar>(a.q, a.gates, a.cell, a.cell_below, a.gates_below, a.injection, a.bias, a.h0, a.c0,
+                            a.mask, a.history, a.h_new, a.c_new, a.zero_row, a.unit_row, a.zero_gates);
+}
+
+/// Forward of one level after its hidden GEMM: bias, injection, gates, cell, output,
+/// and the masked history of the next level, in one pass.
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelForward {
+  LevelArgs<Scalar, MemorySpace> a;
+  long off;
+  bool masked, injected;
+
+  // Host: one row, channel loops over raw row pointers so that they vectorise.
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    Scalar* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
+    Scalar const* KOKKOS_RESTRICT const U = injected ? &a.injection(r, 0) : &a.zero_gates(0);
+    Scalar const* KOKKOS_RESTRICT const bias = &a.bias(0);
+    Scalar* KOKKOS_RESTRICT const z = &a.history(r, q);  // z, unmasked for now
+    if constexpr (Activation::has_cell) {
+      Scalar* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
+      Scalar const* KOKKOS_RESTRICT const c_prev =
+          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
+      lstm_forward_row(q, gates, U, bias, c_prev, cell, z);
+      if (a.top && t == a.L - 1)
+        for (long j = 0; j < q; ++j) a.c_new(n, j) = cell[j];
+    } else {
+      for (long j = 0; j < q; ++j) {
+        gates[j] = Activation::apply(gates[j] + U[j] + bias[j]);
+        z[j] = gates[j];
+      }
+    }
+    for (long j = off; j < q; ++j) {
+      if (a.top) a.out(t, n, j - off) = z[j];
+      if (a.aux >= 0) a.aux_out(a.aux, t, n, j - off) = z[j];
+    }
+    if (a.top) {
+      if (t == a.L - 1)
+        for (long j = 0; j < q; ++j) a.h_new(n, j) = z[j];
+      return;
+    }
+    // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
+    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
+    for (long j = 0; j < q; ++j) z[j] *= m[j];
+    if (t + dn < a.L) {
+      Scalar* KOKKOS_RESTRICT const later = &a.history(r + dn * N, 0);
+      for (long j = 0; j < q; ++j) later[j] = z[j];
+    }
+    if (t < dn) {
+      Scalar* KOKKOS_RESTRICT const pad = &a.history(r, 0);
+      Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
+      for (long j = 0; j < q; ++j) pad[j] = m[j] * h0[j];
+    }
+  }
+
+  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    using P = Pack<Scalar, V>;
+    long const q = a.q, N = a.N, packs = q / V, r = i / packs, j = (i - r * packs) * V;
+    long const t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    Scalar* const gates = &a.gates(r, 0);
+    auto pre = [&](long col) {  // A + U + bias
+      P x = load_pack<V>(gates + col);
+      P const u = injected ? load_pack<V>(&a.injection(r, col)) : P{};
+      P const bias = load_pack<V>(&a.bias(col));
+      for (int k = 0; k < V; ++k) x.v[k] = x.v[k] + u.v[k] + bias.v[k];
+      return x;
+    };
+    P z, c;
+    if constexpr (Activation::has_cell) {
+      P const ai = pre(j), ao = pre(q + j), ag = pre(2 * q + j), af = pre(3 * q + j);
+      P const c_prev = t >= d ? (a.first ? P{} : load_pack<V>(&a.cell_below(r - d * N, j))) : load_pack<V>(&a.c0(n, j));
+      P ig, og, gg, fg;
+      for (int k = 0; k < V; ++k) {
+        auto const s = lstm_forward(ai.v[k], ao.v[k], ag.v[k], af.v[k], c_prev.v[k]);
+        ig.v[k] = s.ig, og.v[k] = s.og, gg.v[k] = s.gg, fg.v[k] = s.fg, c.v[k] = s.c, z.v[k] = s.z;
+      }
+      store_pack(gates + j, ig);
+      store_pack(gates + q + j, og);
+      store_pack(gates + 2 * q + j, gg);
+      store_pack(gates + 3 * q + j, fg);
+      store_pack(&a.cell(r, j), c);
+    } else {
+      P const x = pre(j);
+      for (int k = 0; k < V; ++k) z.v[k] = Activation::apply(x.v[k]);
+      store_pack(gates + j, z);
+    }
+    for (int k = 0; k < V; ++k)
+      if (j + k >= off) {
+        if (a.top) a.out(t, n, j + k - off) = z.v[k];
+        if (a.aux >= 0) a.aux_out(a.aux, t, n, j + k - off) = z.v[k];
+      }
+    if (a.top) {
+      if (t == a.L - 1) {
+        store_pack(&a.h_new(n, j), z);
+        if constexpr (Activation::has_cell) store_pack(&a.c_new(n, j), c);
+      }
+      return;
+    }
+    // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
+    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
+    for (int k = 0; k < V; ++k) z.v[k] *= m.v[k];
+    store_pack(&a.history(r, q + j), z);
+    if (t + dn < a.L) store_pack(&a.history(r + dn * N, j), z);
+    if (t < dn) {
+      P h0 = load_pack<V>(&a.h0(n, j));
+      for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
+      store_pack(&a.history(r, j), h0);
+    }
+  }
+};
+
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
+  LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0,
+                                                  a.injection.extent(0) > 0};
+  for_each_channel<Scalar>("trellis::level_forward", space, a.L * a.N, a.q, level_pack_width(a), f);
+}
+
+/// A level's history S rebuilt from the level below's stored gates and cell (z^(0) = 0,
+/// padding m * h0): backward needs it for dW = dA^T S, and level recomputation for the
+/// first level of a recomputed block. Host: one row; device: one element.
+template <class Activation, class Scalar, class MemorySpace>
+KOKKOS_INLINE_FUNCTION void history_row(LevelArgs<Scalar, MemorySpace> const& a, long r,
+                                        Scalar const* KOKKOS_RESTRICT m) {
+  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  Scalar* KOKKOS_RESTRICT const S = &a.history(r, 0);
+  if (a.first) {
+    for (long j = 0; j < q; ++j) S[q + j] = 0;
+  } else {
+    Scalar const* KOKKOS_RESTRICT const below = &a.gates_below(r, 0);
+    if constexpr (Activation::has_cell) {
+      Scalar const* KOKKOS_RESTRICT const cell_below = &a.cell_below(r, 0);
+      lstm_output_row(q, m, below + q, cell_below, S + q);
+    } else {
+      for (long j = 0; j < q; ++j) S[q + j] = m[j] * below[j];
+    }
+    if (t + d < a.L) {
+      Scalar* KOKKOS_RESTRICT const later = &a.history(r + d * N, 0);
+      for (long j = 0; j < q; ++j) later[j] = S[q + j];
+    }
+  }
+  if (t < d) {
+    Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
+    for (long j = 0; j < q; ++j) S[j] = m[j] * h0[j];
+  } else if (a.first) {
+    for (long j = 0; j < q; ++j) S[j] = 0;
+  }
+}
+
+template <class Activation, int V, class Scalar, class MemorySpace>
+KOKKOS_INLINE_FUNCTION void history_pack(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
+                                         Pack<Scalar, V> const& m) {
+  using P = Pack<Scalar, V>;
+  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  auto padding = [&] {  // m * h0
+    P h0 = load_pack<V>(&a.h0(n, j));
+    for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
+    return h0;
+  };
+  if (a.first) {
+    store_pack(&a.history(r, j), t < d ? padding() : P{});
+    store_pack(&a.history(r, q + j), P{});
+    return;
+  }
+  P zb;
+  if constexpr (Activation::has_cell) {
+    P const og = load_pack<V>(&a.gates_below(r, q + j)), c = load_pack<V>(&a.cell_below(r, j));
+    for (int k = 0; k < V; ++k) zb.v[k] = m.v[k] * (og.v[k] * gate_tanh(c.v[k]));
+  } else {
+    P const y = load_pack<V>(&a.gates_below(r, j));
+    for (int k = 0; k < V; ++k) zb.v[k] = m.v[k] * y.v[k];
+  }
+  store_pack(&a.history(r, q + j), zb);
+  if (t + d < a.L) store_pack(&a.history(r + d * N, j), zb);
+  if (t < d) store_pack(&a.history(r, j), padding());
+}
+
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelHistory {
+  LevelArgs<Scalar, MemorySpace> a;
+  bool masked;
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    history_row<Activation>(a, r, masked ? &a.mask(r % a.N, 0) : &a.unit_row(0));
+  }
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    long const packs = a.q / V, r = i / packs, j = (i - r * packs) * V;
+    history_pack<Activation, V>(a, r, j, load_pack<V>(masked ? &a.mask(r % a.N, j) : &a.unit_row(j)));
+  }
+};
+
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void level_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
+  LevelHistory<Activation, Scalar, MemorySpace> f{a, a.mask.extent(0) > 0};
+  for_each_channel<Scalar>("trellis::level_history", space, a.L * a.N, a.q, level_pack_width(a), f);
+}
+
+/// Gradients that reach a level from outside the level stack.
+template <class Scalar, class MemorySpace>
+struct LevelGradArgs {
+  using V = LevelViews<Scalar, MemorySpace>;
+  typename V::csequence d_out;        // (L, N, nout)
+  typename V::cmatrix d_h_new, d_c_new; // (N, q), may be empty
+  typename V::caux4 d_aux;            // (naux, L, N, nout), may be empty
+  typename V::cmatrix d_history;      // (R, 2q): dS of the level above
+  typename V::cmatrix d_cell_above;   // (R, q): dL/dc~ sent down by the level above, at its t
+  typename V::matrix d_cell_down;     // (R, q): this level's dL/dc~_{t-d} = dct * f, at t
+  typename V::matrix d_gates;         // (R, G q)
+  typename V::matrix d_injection;     // (R, G q): accumulates dA; empty when folded
+};
+
+/// Backward of one level's fused kernel: collects dL/dz and dL/dc of the level, writes
+/// dA (pre-activation gradient), the cell gradient sent down, adds dA into the
+/// injection's gradient, and rebuilds this level's history S (needed by dW = dA^T S).
+template <class Activation, class Scalar, class MemorySpace>
+struct LevelBackward {
+  LevelArgs<Scalar, MemorySpace> a;
+  LevelGradArgs<Scalar, MemorySpace> b;
+  long off;
+  bool masked, has_dh, has_dc, has_daux, injected;
+
+  // Host: one row; dL/dz is gathered into the row of d_cell_down, which the main loop
+  // then overwrites with the cell gradient it sends down.
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
+    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
+    Scalar* const dz = Activation::has_cell ? &b.d_cell_down(r, 0) : &b.d_gates(r, 0);
+    if (a.top) {
+      for (long j = 0; j < q; ++j) dz[j] = 0;
+      for (long j = off; j < q; ++j) dz[j] = b.d_out(t, n, j - off);
+      if (has_dh && t == L - 1)
+        for (long j = 0; j < q; ++j) dz[j] += b.d_h_new(n, j);
+    } else {
+      Scalar const* KOKKOS_RESTRICT const above = &b.d_history(r, q);
+      if (t + du < L) {
+        Scalar const* KOKKOS_RESTRICT const later = &b.d_history(r + du * N, 0);
+        for (long j = 0; j < q; ++j) dz[j] = m[j] * (above[j] + later[j]);
+      } else {
+        for (long j = 0; j < q; ++j) dz[j] = m[j] * above[j];
+      }
+    }
+    if (has_daux && a.aux >= 0)
+      for (long j = off; j < q; ++j) dz[j] += b.d_aux(a.aux, t, n, j - off);
+    Scalar const* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
+    Scalar* KOKKOS_RESTRICT const dU = injected ? &b.d_injection(r, 0) : nullptr;
+    if constexpr (Activation::has_cell) {
+      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);
+      Scalar* KOKKOS_RESTRICT const dcd = &b.d_cell_down(r, 0);  // holds dz on entry
+      Scalar const* KOKKOS_RESTRICT const dc =
+          a.top ? (has_dc && t == L - 1 ? &b.d_c_new(n, 0) : &a.zero_row(0))
+                : (t + du < L ? &b.d_cell_above(r + du * N, 0) : &a.zero_row(0));
+      Scalar const* KOKKOS_RESTRICT const c_prev =
+          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
+      Scalar const* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
+      if (injected)
+        lstm_backward_row<true>(q, gates, cell, c_prev, dc, dcd, dA, dU);
+      else
+        lstm_backward_row<false>(q, gates, cell, c_prev, dc, dcd, dA, dU);
+    } else {
+      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);  // holds dz on entry
+      for (long j = 0; j < q; ++j) dA[j] *= Activation::derivative_from_output(gates[j]);
+      if (injected)
+        for (long j = 0; j < q; ++j) dU[j] += dA[j];
+    }
+    history_row<Activation>(a, r, m);
+  }
+
+  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    using P = Pack<Scalar, V>;
+    long const q = a.q, N = a.N, L = a.L, packs = q / V, r = i / packs, j = (i - r * packs) * V;
+    long const t = r / N, n = r % N, d = a.d, du = a.d_above;
+    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
+    P dz{};
+    if (a.top) {
+      for (int k = 0; k < V; ++k)
+        if (j + k >= off) dz.v[k] = b.d_out(t, n, j + k - off);
+      if (has_dh && t == L - 1) {
+        P const dh = load_pack<V>(&b.d_h_new(n, j));
+        for (int k = 0; k < V; ++k) dz.v[k] += dh.v[k];
+      }
+    } else {
+      P const above = load_pack<V>(&b.d_history(r, q + j));
+      P const later = t + du < L ? load_pack<V>(&b.d_history(r + du * N, j)) : P{};
+      for (int k = 0; k < V; ++k) dz.v[k] = m.v[k] * (t + du < L ? above.v[k] + later.v[k] : above.v[k]);
+    }
+    if (has_daux && a.aux >= 0)
+      for (int k = 0; k < V; ++k)
+        if (j + k >= off) dz.v[k] += b.d_aux(a.aux, t, n, j + k - off);
+    Scalar const* const gates = &a.gates(r, 0);
+    Scalar* const dA = &b.d_gates(r, 0);
+    if constexpr (Activation::has_cell) {
+      P dc{};
+      if (a.top) {
+        if (has_dc && t == L - 1) dc = load_pack<V>(&b.d_c_new(n, j));
+      } else if (t + du < L) {
+        dc = load_pack<V>(&b.d_cell_above(r + du * N, j));
+      }
+      P const c_prev = t >= d ? (a.first ? P{} : load_pack<V>(&a.cell_below(r - d * N, j))) : load_pack<V>(&a.c0(n, j));
+      P const ig = load_pack<V>(gates + j), og = load_pack<V>(gates + q + j);
+      P const gg = load_pack<V>(gates + 2 * q + j), fg = load_pack<V>(gates + 3 * q + j);
+      P const c = load_pack<V>(&a.cell(r, j));
+      P da_i, da_o, da_g, da_f, dc_prev;
+      for (int k = 0; k < V; ++k) {
+        auto const g = lstm_backward(ig.v[k], og.v[k], gg.v[k], fg.v[k], c.v[k], c_prev.v[k], dz.v[k], dc.v[k]);
+        da_i.v[k] = g.da_i, da_o.v[k] = g.da_o, da_g.v[k] = g.da_g, da_f.v[k] = g.da_f, dc_prev.v[k] = g.dc_prev;
+      }
+      store_pack(dA + j, da_i);
+      store_pack(dA + q + j, da_o);
+      store_pack(dA + 2 * q + j, da_g);
+      store_pack(dA + 3 * q + j, da_f);
+      if (injected) {
+        Scalar* const dU = &b.d_injection(r, 0);
+        add_pack(dU + j, da_i);
+        add_pack(dU + q + j, da_o);
+        add_pack(dU + 2 * q + j, da_g);
+        add_pack(dU + 3 * q + j, da_f);
+      }
+      store_pack(&b.d_cell_down(r, j), dc_prev);
+    } else {
+      P const y = load_pack<V>(gates + j);
+      P da;
+      for (int k = 0; k < V; ++k) da.v[k] = dz.v[k] * Activation::derivative_from_output(y.v[k]);
+      store_pack(dA + j, da);
+      if (injected) add_pack(&b.d_injection(r, j), da);
+    }
+    history_pack<Activation, V>(a, r, j, m);
+  }
+};
+
+template <class Scalar, class MemorySpace>
+int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a, LevelGradArgs<Scalar, MemorySpace> const& b) {
+  return std::min(level_pack_width(a), pack_width<Scalar>(a.q, b.d_h_new, b.d_c_new, b.d_history, b.d_cell_above,
+                                                          b.d_cell_down, b.d_gates, b.d_injection));
+}
+
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
+                    LevelGradArgs<Scalar, MemorySpace> const& b) {
+  LevelBackward<Activation, Scalar, MemorySpace> f{a, b, a.q - a.nout, a.mask.extent(0) > 0,
+                                                   b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
+                                                   b.d_aux.extent(0) > 0, b.d_injection.extent(0) > 0};
+  for_each_channel<Scalar>("trellis::level_backward", space, a.L * a.N, a.q, level_pack_width(a, b), f);
+}
+
+/// The history's share of the initial-state gradient at one level:
+/// dh0 += m * sum_{t<d} dS(t)[0:q], dc0 += sum_{t<d} dc_down(t).
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void history_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
+                      typename LevelViews<Scalar, MemorySpace>::cmatrix dS,
+                      typename LevelViews<Scalar, MemorySpace>::cmatrix dc_down,
+                      typename LevelViews<Scalar, MemorySpace>::matrix dh0,
+                      typename LevelViews<Scalar, MemorySpace>::matrix dc0) {
+  // Either may be empty: that gradient is not wanted.
+  bool const want_h = dh0.extent(0) > 0, want_c = dc0.extent(0) > 0;
+  auto const mask = a.mask;
+  long const N = a.N, steps = a.d < a.L ? a.d : a.L;
+  bool const masked = mask.extent(0) > 0;
+  for_each_index(
+      "trellis::history_backward", space, N, a.q,
+      KOKKOS_LAMBDA(long n, long j) {
+        (void)dc_down, (void)dc0, (void)want_c;  // nvcc: no first capture in `if constexpr`
+        Scalar sh = 0, sc = 0;
+        for (long t = 0; t < steps; ++t) {
+          sh += dS(t * N + n, j);
+          if constexpr (Activation::has_cell) sc += dc_down(t * N + n, j);
+        }
+        if (want_h) dh0(n, j) += (masked ? mask(n, j) : Scalar(1)) * sh;
+        if constexpr (Activation::has_cell) {
+          if (want_c) dc0(n, j) += sc;
+        }
+      });
+}
+
+}  // namespace trellis::detail

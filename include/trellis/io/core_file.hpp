@@ -1,0 +1,253 @@
+#pragma once
+// The core to and from safetensors in the reference's names and shapes, so that its
+// load_state_dict accepts our files and we read its weights:
+//   <prefix>weight1_g (4q,1,1), weight1_v (4q, ninp, 2), weight2_g, weight2_v (4q, q, 2),
+//   bias2 (4q); without weight norm weight1, weight2. Under weight drop (the
+//   reference's language model and classifier) v and the raw weights carry "_raw".
+// The shape travels as metadata (ninp, nhid, nout, nlevels, dilation, aux_frequency,
+// wnorm). On read every duplicate must equal its twin, and a tensor no reader takes is
+// an error naming it.
+#include <Kokkos_Core.hpp>
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <trellis/core/shape.hpp>
+#include <trellis/errors.hpp>
+#include <trellis/io/safetensors.hpp>
+#include <trellis/io/tensor_io.hpp>
+
+namespace trellis {
+
+namespace detail {
+
+inline std::string dilation_json(std::vector<int> const& d) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < d.size(); ++i) out << (i ? ", " : "") << d[i];
+  out << ']';
+  return out.str();
+}
+
+/// Our (1, G q, 2 in) [tap 0 | tap 1] <-> the reference's (G q, in, 2).
+template <class View>
+safetensors::Tensor kernel_to_reference(View const& w, safetensors::DType dtype) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), w);
+  long const rows = long(h.extent(1)), in = long(h.extent(2)) / 2;
+  std::vector<double> values(std::size_t(rows * in * 2));
+  for (long r = 0; r < rows; ++r)
+    for (long j = 0; j < in; ++j)
+      for (long tap = 0; tap < 2; ++tap) values[std::size_t((r * in + j) * 2 + tap)] = double(h(0, r, tap * in + j));
+  return safetensors::Tensor::from_double(dtype, {rows, in, 2}, values);
+}
+
+template <class View>
+void kernel_from_reference(View const& w, safetensors::Tensor const& t, std::string const& path,
+                           std::string const& name) {
+  long const rows = long(w.extent(1)), in = long(w.extent(2)) / 2;
+  std::vector<long> const want{rows, in, 2}, have(t.shape.begin(), t.shape.end());
+  if (want != have)
+    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
+  auto const values = t.to_double();
+  auto h = Kokkos::create_mirror_view(w);
+  using T = typename View::non_const_value_type;
+  for (long r = 0; r < rows; ++r)
+    for (long j = 0; j < in; ++j)
+      for (long tap = 0; tap < 2; ++tap) h(0, r, tap * in + j) = T(values[std::size_t((r * in + j) * 2 + tap)]);
+  Kokkos::deep_copy(w, h);
+}
+
+template <class View>
+safetensors::Tensor gain_to_reference(View const& g, safetensors::DType dtype) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
+  std::vector<double> values(h.extent(1));
+  for (std::size_t r = 0; r < values.size(); ++r) values[r] = double(h(0, r));
+  return safetensors::Tensor::from_double(dtype, {std::int64_t(values.size()), 1, 1}, values);
+}
+
+template <class View>
+void row_from_reference(View const& g, safetensors::Tensor const& t, std::string const& path, std::string const& name,
+                        std::vector<long> const& want) {
+  std::vector<long> const have(t.shape.begin(), t.shape.end());
+  if (want != have)
+    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
+  auto const values = t.to_double();
+  auto h = Kokkos::create_mirror_view(g);
+  using T = typename View::non_const_value_type;
+  for (std::size_t r = 0; r < values.size(); ++r) h(0, r) = T(values[r]);
+  Kokkos::deep_copy(g, h);
+}
+
+inline void require_equal(safetensors::File const& f, std::string const& path, std::string const& a,
+                          std::string const& b) {
+  auto const& ta = f.at(path, a);
+  auto const& tb = f.at(path, b);
+  if (ta.shape != tb.shape || ta.to_double() != tb.to_double())
+    throw file_error(path + ": tensors '" + a + "' and '" + b + "' must be equal (the reference stores them twice)");
+}
+
+}  // namespace detail
+
+/// The core's metadata keys (docs/file-formats.md).
+namespace detail {
+
+/// Every name a core's tensor may have under `prefix` (with or without weight drop's "_raw").
+inline void core_keys(std::set<std::string>& keys, std::string const& prefix, bool weight_norm) {
+  for (std::string const raw : {"", "_raw"}) {
+    keys.insert(prefix + (weight_norm ? "weight1_v" : "weight1") + raw);
+    keys.insert(prefix + (weight_norm ? "weight2_v" : "weight2") + raw);
+  }
+  if (weight_norm) {
+    keys.insert(prefix + "weight1_g");
+    keys.insert(prefix + "weight2_g");
+  }
+  keys.insert(prefix + "bias2");
+}
+
+/// A tensor that no reader takes is an error naming it: a misspelt name, or a tensor
+/// of another model, never passes silently. `also` holds what the caller reads itself:
+/// exact names, or prefixes ending in '.'.
+inline void reject_unknown(safetensors::File const& f, std::string const& path, std::set<std::string> const& known,
+                           std::vector<std::string> const& also, char const* what) {
+  for (auto const& [name, t] : f.tensors) {
+    if (known.count(name)) continue;
+    bool taken = false;
+    for (auto const& a : also)
+      taken = taken || name == a || (!a.empty() && a.back() == '.' && name.rfind(a, 0) == 0);
+    if (!taken) throw file_error(path + ": tensor '" + name + "' is not part of " + what);
+  }
+}
+
+}  // namespace detail
+
+inline void write_shape_metadata(std::map<std::string, std::string>& meta, TrellisShape const& s) {
+  meta["ninp"] = std::to_string(s.ninp);
+  meta["nhid"] = std::to_string(s.nhid);
+  meta["nout"] = std::to_string(s.nout);
+  meta["nlevels"] = std::to_string(s.nlevels);
+  meta["dilation"] = detail::dilation_json(s.dilation);
+  meta["aux_frequency"] = std::to_string(s.aux_frequency);
+  meta["wnorm"] = s.weight_norm ? "true" : "false";
+}
+
+inline int metadata_int(std::map<std::string, std::string> const& meta, std::string const& path,
+                        std::string const& key) {
+  auto it = meta.find(key);
+  if (it == meta.end()) throw file_error(path + ": metadata has no '" + key + "'");
+  try {
+    std::size_t used = 0;
+    int const v = std::stoi(it->second, &used);
+    if (used != it->second.size()) throw std::invalid_argument(key);
+    return v;
+  } catch (std::exception const&) {
+    throw file_error(path + ": metadata '" + key + "' is \"" + it->second + "\", not an integer");
+  }
+}
+
+inline TrellisShape read_shape_metadata(std::map<std::string, std::string> const& meta, std::string const& path) {
+  TrellisShape s;
+  s.ninp = metadata_int(meta, path, "ninp");
+  s.nhid = metadata_int(meta, path, "nhid");
+  s.nout = metadata_int(meta, path, "nout");
+  s.nlevels = metadata_int(meta, path, "nlevels");
+  s.aux_frequency = metadata_int(meta, path, "aux_frequency");
+  auto const d = meta.find("dilation");
+  if (d == meta.end()) throw file_error(path + ": metadata has no 'dilation'");
+  try {
+    auto const j = nlohmann::json::parse(d->second);
+    s.dilation = j.get<std::vector<int>>();
+  } catch (std::exception const&) {
+    throw file_error(path + ": metadata 'dilation' is \"" + d->second + "\", not a JSON list of integers");
+  }
+  auto const w = meta.find("wnorm");
+  if (w == meta.end() || (w->second != "true" && w->second != "false"))
+    throw file_error(path + ": metadata 'wnorm' must be \"true\" or \"false\"");
+  s.weight_norm = w->second == "true";
+  try {
+    s.validate("trellis::read_shape_metadata");
+  } catch (std::exception const& e) {
+    throw file_error(path + ": " + e.what());
+  }
+  return s;
+}
+
+/// Writes the core's tensors under `prefix` (e.g. "tnet.module.full_conv.").
+template <class Params>
+void write_core(safetensors::File& f, std::string const& prefix, Params const& p, bool weight_norm, bool raw_names,
+                safetensors::DType dtype) {
+  if (p.weight1.extent(0) != 1)
+    detail::fail("trellis::write_core: the reference's file format holds one kernel (tied across depth); this core has ",
+                 p.weight1.extent(0));
+  std::string const raw = raw_names ? "_raw" : "";
+  if (weight_norm) {
+    f.tensors[prefix + "weight1_g"] = detail::gain_to_reference(p.weight1_g, dtype);
+    f.tensors[prefix + "weight1_v" + raw] = detail::kernel_to_reference(p.weight1, dtype);
+    f.tensors[prefix + "weight2_g"] = detail::gain_to_reference(p.weight2_g, dtype);
+    f.tensors[prefix + "weight2_v" + raw] = detail::kernel_to_reference(p.weight2, dtype);
+  } else {
+    f.tensors[prefix + "weight1" + raw] = detail::kernel_to_reference(p.weight1, dtype);
+    f.tensors[prefix + "weight2" + raw] = detail::kernel_to_reference(p.weight2, dtype);
+  }
+  auto b = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.bias2);
+  std::vector<double> bias(b.extent(1));
+  for (std::size_t r = 0; r < bias.size(); ++r) bias[r] = double(b(0, r));
+  f.tensors[prefix + "bias2"] = safetensors::Tensor::from_double(dtype, {std::int64_t(bias.size())}, bias);
+}
+
+/// Reads the core's tensors from under `prefix`; names with or without "_raw" are accepted.
+template <class Params>
+void read_core(safetensors::File const& f, std::string const& path, std::string const& prefix, Params const& p,
+               bool weight_norm) {
+  auto pick = [&](std::string const& name) {
+    if (f.has(prefix + name + "_raw")) return prefix + name + "_raw";
+    if (f.has(prefix + name)) return prefix + name;
+    throw file_error(path + ": no tensor '" + prefix + name + "' (nor '" + prefix + name + "_raw')" +
+                     (weight_norm ? " (the metadata says wnorm true)" : " (the metadata says wnorm false)"));
+  };
+  long const rows = long(p.weight1.extent(1));
+  if (weight_norm) {
+    auto const g1 = prefix + "weight1_g", g2 = prefix + "weight2_g";
+    detail::row_from_reference(p.weight1_g, f.at(path, g1), path, g1, {rows, 1, 1});
+    detail::row_from_reference(p.weight2_g, f.at(path, g2), path, g2, {rows, 1, 1});
+    auto const v1 = pick("weight1_v"), v2 = pick("weight2_v");
+    detail::kernel_from_reference(p.weight1, f.at(path, v1), path, v1);
+    detail::kernel_from_reference(p.weight2, f.at(path, v2), path, v2);
+  } else {
+    auto const w1 = pick("weight1"), w2 = pick("weight2");
+    detail::kernel_from_reference(p.weight1, f.at(path, w1), path, w1);
+    detail::kernel_from_reference(p.weight2, f.at(path, w2), path, w2);
+  }
+  detail::row_from_reference(p.bias2, f.at(path, prefix + "bias2"), path, prefix + "bias2", {rows});
+}
+
+/// A bare core file (docs/file-formats.md, "core model"): the reference's TrellisNet names under
+/// "full_conv." and the shape in the metadata.
+inline TrellisShape read_core_shape(safetensors::File const& f, std::string const& path) {
+  if (f.metadata.count("ntoken")) throw file_error(path + ": a language model (its metadata has 'ntoken'), not a bare core");
+  return read_shape_metadata(f.metadata, path);
+}
+
+template <class Network>
+void read_core_model(safetensors::File const& f, std::string const& path, Network& net) {
+  auto const& s = net.shape();
+  auto const file_shape = read_core_shape(f, path);
+  if (file_shape.describe() != s.describe())
+    throw file_error(path + ": holds a core with " + file_shape.describe() + "; expected " + s.describe());
+  std::set<std::string> known;
+  detail::core_keys(known, "full_conv.", s.weight_norm);
+  detail::reject_unknown(f, path, known, {}, s.weight_norm ? "a core with weight normalisation"
+                                                          : "a core without weight normalisation");
+  read_core(f, path, "full_conv.", net.parameters(), s.weight_norm);
+}
+
+template <class Network>
+void write_core_model(safetensors::File& f, Network const& net, safetensors::DType dtype) {
+  write_shape_metadata(f.metadata, net.shape());
+  write_core(f, "full_conv.", net.parameters(), net.shape().weight_norm, false, dtype);
+}
+
+}  // namespace trellis

@@ -1,0 +1,469 @@
+// trellis::Trainer in-process: exact resumption (on Serial bit for bit), annealing,
+// the plateau and step schedules, the checkpoint's round trip and its explicit names,
+// files of the older positional layout, and clear errors for a checkpoint of another
+// configuration and for a diverging loss.
+#include <Kokkos_Core.hpp>
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <unistd.h>
+
+#include <trellis/trellis.hpp>
+
+#include "backends.hpp"
+
+using trellis::test::Backends;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+/// A random token stream over a small vocabulary: enough for a few epochs of tiny batches.
+trellis::data::Corpus synthetic_corpus(trellis::data::TokenLevel level) {
+  trellis::data::Corpus c;
+  c.level = level;
+  for (char ch = 'a'; ch < 'a' + 9; ++ch) c.vocabulary.push_back(std::string(1, ch));
+  std::mt19937_64 rng{7};
+  std::uniform_int_distribution<int> token(0, 8);
+  for (auto* split : {&c.train, &c.valid, &c.test})
+    for (int i = 0; i < (split == &c.train ? 130 : 60); ++i) split->push_back(token(rng));
+  return c;
+}
+
+trellis::LanguageTaskOptions language_options() {
+  trellis::LanguageTaskOptions o;
+  o.model.core.ninp = 4;
+  o.model.core.nhid = 3;
+  o.model.core.nout = 4;
+  o.model.core.nlevels = 3;
+  o.model.dropout = o.model.dropouti = o.model.dropouth = o.model.wdrop = 0.2;
+  o.optimizer_options.lr = 0.01;
+  o.clip = 0.5;
+  o.batch_size = 4;
+  o.seq_len = 8;  // 130 tokens in 4 rows: 32 steps, 4 segments an epoch
+  o.eval_batch_size = 2;
+  o.seed = 3;
+  return o;
+}
+
+trellis::data::ImageSplits synthetic_images() {
+  trellis::data::ImageSplits s;
+  std::mt19937_64 rng{11};
+  std::uniform_real_distribution<float> pixel(0, 1);
+  for (auto* set : {&s.train, &s.valid, &s.test}) {
+    set->rows = 3;
+    set->cols = 4;
+    set->nclasses = 3;
+    set->count = set == &s.train ? 12 : 6;
+    for (long i = 0; i < set->count * 12; ++i) set->pixels.push_back(pixel(rng));
+    for (long i = 0; i < set->count; ++i) set->labels.push_back(std::int32_t(i % 3));
+  }
+  return s;
+}
+
+trellis::ClassifierTaskOptions classifier_options(trellis::ImageSequence sequence) {
+  trellis::ClassifierTaskOptions o;
+  o.model.core.ninp = sequence == trellis::ImageSequence::rows ? 4 : 1;
+  o.model.core.nhid = 3;
+  o.model.core.nout = 3;
+  o.model.core.nlevels = 2;
+  o.model.dropouth = o.model.wdrop = 0.2;
+  o.sequence = sequence;
+  if (sequence == trellis::ImageSequence::pixels) o.permutation = trellis::pixel_permutation(12, 5);
+  o.optimizer = trellis::OptimizerKind::sgd;
+  o.optimizer_options.lr = 0.05;
+  o.optimizer_options.momentum = 0.9;
+  o.batch_size = 5;  // 2 batches an epoch
+  o.eval_batch_size = 4;
+  return o;
+}
+
+/// What a run's curves say, step by step (log_every = 1).
+struct Record {
+  std::vector<double> losses, lrs, valids;
+};
+
+trellis::TrainerCallbacks recording(Record& r) {
+  trellis::TrainerCallbacks cb;
+  cb.curve = [&r](trellis::CurveRow const& row) {
+    if (!std::isnan(row.train_loss)) {
+      r.losses.push_back(row.train_loss);
+      r.lrs.push_back(row.lr);
+    }
+    if (!std::isnan(row.valid)) r.valids.push_back(row.valid);
+  };
+  return cb;
+}
+
+trellis::TrainerOptions step_options(long max_steps) {
+  trellis::TrainerOptions o;
+  o.max_steps = max_steps;
+  o.log_every = 1;
+  o.seed = 17;
+  o.schedule.kind = trellis::LrSchedule::Kind::steps;
+  o.schedule.milestones = {1};
+  o.schedule.gamma = 0.5;
+  o.configuration = {{"task", "test"}};
+  return o;
+}
+
+template <class Opt>
+std::vector<double> host_values(Opt const& opt) {
+  std::vector<double> all;
+  for (auto const& p : opt.parameters()) {
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.value);
+    for (std::size_t i = 0; i < h.extent(0); ++i) all.push_back(double(h(i)));
+  }
+  for (auto const& [name, v] : opt.state()) {
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
+    for (std::size_t i = 0; i < h.extent(0); ++i) all.push_back(double(h(i)));
+  }
+  return all;
+}
+
+fs::path scratch(std::string const& name) {
+  auto const dir = fs::temp_directory_path() / ("trellis_test_trainer_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir / name;
+}
+
+/// Trains `total` steps straight, and `first` steps, a checkpoint, a fresh task and
+/// `total - first` more: the second half must repeat the first run's steps (bit for
+/// bit on Serial, where every reduction runs in one order).
+template <class Exec, class MakeTask>
+void check_resumption(MakeTask make_task, long first, long total, std::string const& file) {
+  Exec space;
+  Record straight, before, after;
+  auto a = make_task(space);
+  trellis::Trainer<Exec, std::remove_reference_t<decltype(*a)>> ta(space, *a, step_options(total), recording(straight));
+  ta.run();
+
+  auto const path = scratch(file).string();
+  auto b = make_task(space);
+  auto options = step_options(first);
+  options.checkpoint_path = path;
+  options.checkpoint_dtype = trellis::safetensors::DType::F64;
+  trellis::Trainer<Exec, std::remove_reference_t<decltype(*b)>> tb(space, *b, options, recording(before));
+  tb.run();
+
+  auto c = make_task(space);
+  trellis::Trainer<Exec, std::remove_reference_t<decltype(*c)>> tc(space, *c, step_options(total), recording(after));
+  tc.resume(path);
+  CHECK(tc.step() == first);
+  tc.run();
+  CHECK(tc.step() == total);
+  CHECK(tc.epoch() == ta.epoch());
+  CHECK(tc.batch_in_epoch() == ta.batch_in_epoch());
+  CHECK(tc.scheduled_lr() == ta.scheduled_lr());
+
+  REQUIRE(straight.losses.size() == std::size_t(total));
+  REQUIRE(before.losses.size() == std::size_t(first));
+  REQUIRE(after.losses.size() == std::size_t(total - first));
+  bool const exact =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible && Exec().concurrency() == 1;
+  for (long s = 0; s < total; ++s) {
+    double const resumed = s < first ? before.losses[std::size_t(s)] : after.losses[std::size_t(s - first)];
+    double const lr = s < first ? before.lrs[std::size_t(s)] : after.lrs[std::size_t(s - first)];
+    INFO("step ", s + 1);
+    CHECK(lr == straight.lrs[std::size_t(s)]);
+    if (exact) CHECK(resumed == straight.losses[std::size_t(s)]);
+    else CHECK(resumed == doctest::Approx(straight.losses[std::size_t(s)]).epsilon(1e-9));
+  }
+  auto const wa = host_values(a->optimizer()), wc = host_values(c->optimizer());
+  REQUIRE(wa.size() == wc.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < wa.size(); ++i) worst = std::max(worst, std::abs(wa[i] - wc[i]));
+  if (exact) CHECK(worst == 0);
+  else CHECK(worst < 1e-9);
+}
+
+/// A task whose validations follow a script, for the schedules and the divergence check.
+template <class Exec>
+struct ScriptedTask {
+  using Opt = trellis::Optimizer<Exec, double>;
+  using flat = typename Opt::flat_view;
+  ScriptedTask(std::vector<double> valid, long batches, double loss = 1)
+      : valids(std::move(valid)), batches(batches), loss(loss), w("w", 1), g("g", 1),
+        opt(trellis::OptimizerKind::sgd, list(), trellis::OptimizerOptions{}) {}
+  trellis::ParameterList<typename Exec::memory_space, double> list() {
+    trellis::ParameterList<typename Exec::memory_space, double> l;
+    trellis::add_parameter(l, "w", w, g);
+    return l;
+  }
+  long batches_per_epoch() const { return batches; }
+  void start_epoch(long) {}
+  void resume_epoch(long) {}
+  trellis::StepResult step(long, std::mt19937_64&) {
+    opt.step(Exec());
+    return {loss, loss, 1, 0};
+  }
+  double next() { return valids.at(std::min(seen++, valids.size() - 1)); }
+  double validate() { return next(); }
+  double evaluate(std::string const&) { return next(); }
+  double train_metric(trellis::StepResult const&) const { return 0; }
+  std::string metric() const { return "score"; }
+  std::string unit() const { return "items"; }
+  bool lower_is_better() const { return true; }
+  Opt& optimizer() { return opt; }
+  void save(trellis::safetensors::File&, trellis::safetensors::DType) {}
+  void load(trellis::safetensors::File const&, std::string const&, std::vector<std::string> const&) {}
+
+  std::vector<double> valids;
+  std::size_t seen = 0;
+  long batches;
+  double loss;
+  flat w, g;
+  Opt opt;
+};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: a resumed language-model run repeats the uninterrupted one", Exec, resume_lm) {
+  for (auto level : {trellis::data::TokenLevel::characters, trellis::data::TokenLevel::words}) {
+    auto options = language_options();
+    if (level == trellis::data::TokenLevel::words) options.model.n_experts = 2;
+    auto make = [&](Exec const& space) {
+      return std::make_unique<trellis::LanguageTask<Exec, double>>(space, options, synthetic_corpus(level));
+    };
+    // 4 segments an epoch: the checkpoint falls mid-epoch (carried state), the
+    // resumed run crosses an epoch boundary and the step schedule's milestone.
+    check_resumption<Exec>(make, 3, 7, "lm.safetensors");
+  }
+}
+TEST_CASE_TEMPLATE_APPLY(resume_lm, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: a resumed classifier run repeats the uninterrupted one", Exec, resume_cls) {
+  for (auto sequence : {trellis::ImageSequence::rows, trellis::ImageSequence::pixels}) {
+    auto make = [&](Exec const& space) {
+      return std::make_unique<trellis::ClassifierTask<Exec, double>>(space, classifier_options(sequence),
+                                                                     synthetic_images());
+    };
+    check_resumption<Exec>(make, 3, 6, "cls.safetensors");
+  }
+}
+TEST_CASE_TEMPLATE_APPLY(resume_cls, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: annealing takes lr linearly to zero over the last fraction", Exec, anneal) {
+  Exec space;
+  ScriptedTask<Exec> task({1.0}, 100);
+  task.opt.set_lr(0.4);
+  trellis::TrainerOptions o;
+  o.max_steps = 8;
+  o.anneal = 0.5;
+  o.log_every = 1;
+  Record r;
+  trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
+  trainer.run();
+  // Before step s (0-based) the fraction left is (8 - s) / 8; under 0.5 lr scales by left / 0.5.
+  std::vector<double> const expected{0.4, 0.4, 0.4, 0.4, 0.4, 0.3, 0.2, 0.1};
+  REQUIRE(r.lrs.size() == expected.size());
+  for (std::size_t s = 0; s < expected.size(); ++s) CHECK(r.lrs[s] == doctest::Approx(expected[s]).epsilon(1e-12));
+  CHECK(trainer.scheduled_lr() == 0.4);
+}
+TEST_CASE_TEMPLATE_APPLY(anneal, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: the plateau and step schedules", Exec, schedules) {
+  Exec space;
+  SUBCASE("plateau: lr halves after more than `patience` validations without improvement") {
+    ScriptedTask<Exec> task({3, 2, 2.5, 2.5, 1, 1, 1}, 100);
+    task.opt.set_lr(1);
+    trellis::TrainerOptions o;
+    o.max_steps = 7;
+    o.log_every = 1;
+    o.eval_every_seconds = 0;  // a validation after every step
+    o.schedule.kind = trellis::LrSchedule::Kind::plateau;
+    o.schedule.patience = 1;
+    o.schedule.factor = 0.5;
+    Record r;
+    trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
+    trainer.run();
+    // Validations after steps 1..7: 3, 2 (best), 2.5, 2.5 (halve), 1 (best), 1, 1 (halve).
+    std::vector<double> const expected{1, 1, 1, 1, 0.5, 0.5, 0.5};
+    REQUIRE(r.lrs.size() == expected.size());
+    for (std::size_t s = 0; s < expected.size(); ++s) CHECK(r.lrs[s] == expected[s]);
+    CHECK(trainer.scheduled_lr() == 0.25);
+    CHECK(trainer.schedule().best == 1);
+  }
+  SUBCASE("steps: lr scales by gamma after each milestone epoch") {
+    ScriptedTask<Exec> task({5}, 2);
+    task.opt.set_lr(1);
+    trellis::TrainerOptions o;
+    o.max_steps = 7;
+    o.log_every = 1;
+    o.schedule.kind = trellis::LrSchedule::Kind::steps;
+    o.schedule.milestones = {1, 3};
+    o.schedule.gamma = 0.1;
+    Record r;
+    trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
+    trainer.run();
+    std::vector<double> const expected{1, 1, 0.1, 0.1, 0.1, 0.1, 0.01};
+    REQUIRE(r.lrs.size() == expected.size());
+    for (std::size_t s = 0; s < expected.size(); ++s) CHECK(r.lrs[s] == doctest::Approx(expected[s]).epsilon(1e-12));
+    CHECK(trainer.epoch() == 4);
+    CHECK(r.valids.size() == 4);  // three epoch ends and the final validation
+  }
+}
+TEST_CASE_TEMPLATE_APPLY(schedules, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: checkpoint round trip under explicit names", Exec, round_trip) {
+  Exec space;
+  auto const options = language_options();
+  trellis::LanguageTask<Exec, double> task(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  auto o = step_options(5);
+  o.schedule.kind = trellis::LrSchedule::Kind::plateau;
+  o.schedule.patience = 3;
+  o.eval_every_seconds = 0;
+  o.metadata["note"] = "kept";
+  o.checkpoint_dtype = trellis::safetensors::DType::F64;
+  trellis::Trainer<Exec, decltype(task)> trainer(space, task, o);
+  trainer.run();
+  trellis::safetensors::File file;
+  trainer.save(file);
+  for (auto const& name : trellis::Trainer<Exec, decltype(task)>::state_names()) {
+    INFO(name);
+    CHECK(file.has(name));
+  }
+  CHECK(file.at("x", "trainer.epoch").to_double() == std::vector<double>{2});
+  CHECK(file.at("x", "trainer.batch_in_epoch").to_double() == std::vector<double>{1});
+  CHECK(file.metadata.at("task") == "test");
+  CHECK(file.metadata.at("note") == "kept");
+  CHECK(!file.has("progress"));
+
+  // Through the disk and back into a fresh task: every piece of state is equal.
+  auto const path = scratch("round_trip.safetensors").string();
+  trellis::safetensors::write(path, file);
+  trellis::LanguageTask<Exec, double> again(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  trellis::Trainer<Exec, decltype(again)> back(space, again, step_options(5));
+  back.resume(path);
+  CHECK(back.step() == trainer.step());
+  CHECK(back.epoch() == trainer.epoch());
+  CHECK(back.batch_in_epoch() == trainer.batch_in_epoch());
+  CHECK(back.trained_seconds() == doctest::Approx(trainer.trained_seconds()).epsilon(1e-15));
+  CHECK(back.scheduled_lr() == trainer.scheduled_lr());
+  CHECK(back.schedule().best == trainer.schedule().best);
+  CHECK(back.schedule().bad_epochs == trainer.schedule().bad_epochs);
+  CHECK(back.generator() == trainer.generator());
+  CHECK(again.optimizer().steps() == task.optimizer().steps());
+  CHECK(host_values(again.optimizer()) == host_values(task.optimizer()));
+}
+TEST_CASE_TEMPLATE_APPLY(round_trip, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: older checkpoints with the positional progress tensor", Exec, legacy) {
+  Exec space;
+  auto const options = language_options();
+  trellis::LanguageTask<Exec, double> task(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  trellis::Trainer<Exec, decltype(task)> trainer(space, task, step_options(2));
+  trainer.run();
+  trellis::safetensors::File file;
+  trainer.save(file);
+  for (auto const& name : trellis::Trainer<Exec, decltype(task)>::state_names())
+    if (name.rfind("trainer.", 0) == 0) file.tensors.erase(name);
+  file.tensors["progress"] = trellis::safetensors::Tensor::from_double(trellis::safetensors::DType::F64, {6},
+                                                                         {1, 2, 12.5, 0.004, 0.75, 1});
+  auto const path = scratch("legacy.safetensors").string();
+  trellis::safetensors::write(path, file);
+  trellis::LanguageTask<Exec, double> again(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  trellis::Trainer<Exec, decltype(again)> back(space, again, step_options(5));
+  back.resume(path);
+  CHECK(back.step() == 2);
+  CHECK(back.epoch() == 1);
+  CHECK(back.batch_in_epoch() == 2);
+  CHECK(back.trained_seconds() == 12.5);
+  CHECK(back.scheduled_lr() == 0.004);
+  CHECK(back.schedule().best == 0.75);
+  CHECK(back.schedule().bad_epochs == 1);
+}
+TEST_CASE_TEMPLATE_APPLY(legacy, Backends);
+
+namespace {
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (std::exception const& e) {
+    return e.what();
+  }
+  return "";
+}
+bool has(std::string const& s, std::string const& part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: clear errors for another configuration, bad state and divergence", Exec, errors) {
+  Exec space;
+  auto const options = language_options();
+  auto const corpus = synthetic_corpus(trellis::data::TokenLevel::characters);
+  trellis::LanguageTask<Exec, double> task(space, options, corpus);
+  trellis::Trainer<Exec, decltype(task)> trainer(space, task, step_options(2));
+  trainer.run();
+  auto const path = scratch("errors.safetensors").string();
+  trainer.save(path);
+
+  // Another configuration: a metadata key that must match.
+  {
+    trellis::LanguageTask<Exec, double> other(space, options, corpus);
+    auto o = step_options(4);
+    o.configuration["task"] = "other";
+    trellis::Trainer<Exec, decltype(other)> t(space, other, o);
+    auto const e = error_of([&] { t.resume(path); });
+    CHECK(has(e, path));
+    CHECK(has(e, "another configuration"));
+    CHECK(has(e, "task is 'test'"));
+  }
+  // Another model: the model's reader names the tensor whose shape differs.
+  {
+    auto bigger = options;
+    bigger.model.core.nhid = 5;
+    trellis::LanguageTask<Exec, double> other(space, bigger, corpus);
+    trellis::Trainer<Exec, decltype(other)> t(space, other, step_options(4));
+    auto const e = error_of([&] { t.resume(path); });
+    CHECK(has(e, path));
+    CHECK(e != "");
+  }
+  // Another vocabulary: the data differ.
+  {
+    auto fewer = corpus;
+    fewer.vocabulary.pop_back();
+    for (auto* split : {&fewer.train, &fewer.valid, &fewer.test})
+      for (auto& t : *split) t = t % 8;
+    trellis::LanguageTask<Exec, double> other(space, options, fewer);
+    trellis::Trainer<Exec, decltype(other)> t(space, other, step_options(4));
+    CHECK(has(error_of([&] { t.resume(path); }), "vocabulary differs"));
+  }
+  // A missing or misshaped state tensor.
+  {
+    auto file = trellis::safetensors::read(path);
+    file.tensors.erase("trainer.epoch");
+    trellis::safetensors::write(path + ".cut", file);
+    trellis::LanguageTask<Exec, double> other(space, options, corpus);
+    trellis::Trainer<Exec, decltype(other)> t(space, other, step_options(4));
+    CHECK(has(error_of([&] { t.resume(path + ".cut"); }), "trainer.epoch"));
+    file = trellis::safetensors::read(path);
+    file.tensors["trainer.batch_in_epoch"] =
+        trellis::safetensors::Tensor::from_double(trellis::safetensors::DType::I64, {1}, {99});
+    trellis::safetensors::write(path + ".far", file);
+    CHECK(has(error_of([&] { t.resume(path + ".far"); }), "batches per epoch"));
+  }
+  // A loss that is not finite stops the run with the step.
+  {
+    ScriptedTask<Exec> nan_task({1}, 10, std::nan(""));
+    trellis::Trainer<Exec, ScriptedTask<Exec>> t(space, nan_task, trellis::TrainerOptions{});
+    auto const e = error_of([&] { t.run(); });
+    CHECK(has(e, "trellis::Trainer::run"));
+    CHECK(has(e, "diverged at step 1"));
+  }
+  // Options out of range.
+  {
+    trellis::TrainerOptions o;
+    o.anneal = 1.5;
+    CHECK(has(error_of([&] { trellis::Trainer<Exec, decltype(task)> t(space, task, o); }), "anneal 1.5"));
+  }
+  fs::remove_all(fs::path(path).parent_path());
+}
+TEST_CASE_TEMPLATE_APPLY(errors, Backends);
