@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <trellis/core/network.hpp>
+#include <trellis/io/torch_layout.hpp>
 #include <trellis/testing/naive_trellis.hpp>
 
 #include "backends.hpp"
@@ -78,15 +79,9 @@ double epsilon() {
   return double(std::numeric_limits<Scalar>::epsilon());
 }
 
-// ours(k, r, tap * in + j) <-> reference (r, j, tap)
 inline std::vector<double> to_reference_layout(std::vector<double> const& ours, long k, long rows,
                                                long in) {
-  std::vector<double> ref(rows * in * 2);
-  for (long r = 0; r < rows; ++r)
-    for (long j = 0; j < in; ++j)
-      for (long tap = 0; tap < 2; ++tap)
-        ref[(r * in + j) * 2 + tap] = ours[(k * rows + r) * 2 * in + tap * in + j];
-  return ref;
+  return trellis::kernel_to_torch_layout(ours.data(), k, rows, in);
 }
 
 inline std::vector<double> slice(std::vector<double> const& v, long k, long size) {

@@ -101,7 +101,7 @@ void core_matches_pytorch(std::string const& name) {
   net.zero_gradients(space);
   net.backward(space, cache, d_out, d_h, d_c, d_aux, dx, dh0, dc0);
   st::File grads;
-  trellis::write_core(grads, "full_conv.", net.gradients(), shape.weight_norm, false, F64);
+  trellis::write_core_tensors(grads, "full_conv.", net.gradients(), shape.weight_norm, false, F64);
   CHECK(grads.tensors.size() == (shape.weight_norm ? 5u : 3u));
   for (auto const& [key, g] : grads.tensors) check("grad " + key, g, f.want(t + "grad." + key), tol);
   check("grad x", trellis::sequence_to_reference(dx, F64), f.want(t + "grad.x"), tol);

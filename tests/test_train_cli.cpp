@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include <trellis/blas/gemm.hpp>
+#include <trellis/io/safetensors.hpp>
 
 #include <cstdlib>
 #include <filesystem>
@@ -215,6 +216,34 @@ TEST_CASE("trellis train charlm: run directory, last line, eval, and exact resum
     CHECK(r.status != 0);
     CHECK(contains(r.err, bad.string()));
   }
+}
+
+TEST_CASE("trellis train --untied: the gated TCN trains, resumes, evaluates, and keeps its flag") {
+  auto const data = make_sotu();
+  auto const a = root() / "run-untied-a", b = root() / "run-untied-b";
+  fs::remove_all(a);
+  fs::remove_all(b);
+  std::string const common = " --task charlm --data sotu --data-dir " + data.string() + tiny_lm + " --untied";
+  auto const straight = run_cli("train" + common + " --run-dir " + a.string() + " --max-steps 4");
+  INFO(straight.err);
+  REQUIRE(straight.status == 0);
+  auto const file = trellis::safetensors::read((a / "checkpoint.safetensors").string());
+  CHECK(file.metadata.at("weight_tying") == "untied");
+  CHECK(file.metadata.at("flag.untied") == "true");
+  CHECK(file.tensors.at("tnet.module.full_conv.weight1_v_raw").shape.size() == 4);  // (nlevels, 4q, ninp, 2)
+  REQUIRE(run_cli("train" + common + " --run-dir " + b.string() + " --max-steps 2").status == 0);
+  // Resuming without the flag takes it from the checkpoint.
+  std::string const without = " --task charlm --data sotu --data-dir " + data.string() + tiny_lm;
+  auto const resumed = run_cli("train" + without + " --run-dir " + b.string() + " --max-steps 4 --resume");
+  INFO(resumed.err);
+  REQUIRE(resumed.status == 0);
+  CHECK(csv_train_losses(a) == csv_train_losses(b));
+  CHECK(straight.last_line() == resumed.last_line());
+  auto const eval = run_cli("eval --backend serial --checkpoint " + (a / "checkpoint.safetensors").string() +
+                            " --data sotu --data-dir " + data.string());
+  INFO(eval.err);
+  REQUIRE(eval.status == 0);
+  CHECK(eval.last_line() == straight.last_line());
 }
 
 TEST_CASE("trellis train: bad data and bad flags are clear errors that lose nothing") {

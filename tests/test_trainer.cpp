@@ -467,3 +467,36 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: clear errors for another configuration, bad 
   fs::remove_all(fs::path(path).parent_path());
 }
 TEST_CASE_TEMPLATE_APPLY(errors, Backends);
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: the untied gated TCN trains, saves under its own names and resumes", Exec, untied) {
+  using Task = trellis::LanguageTask<Exec, double, trellis::Untied>;
+  auto const options = language_options();
+  auto make = [&](Exec const& space) {
+    return std::make_unique<Task>(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  };
+  check_resumption<Exec>(make, 3, 6, "untied.safetensors");
+
+  // One kernel per level: a leading kernel dimension, and the metadata says so.
+  Exec space;
+  auto task = make(space);
+  trellis::Trainer<Exec, Task> trainer(space, *task, step_options(1));
+  trellis::safetensors::File file;
+  trainer.save(file);
+  CHECK(file.metadata.at("weight_tying") == "untied");
+  long const q = options.model.core.q();
+  CHECK(file.at("x", "tnet.module.full_conv.weight1_v_raw").shape ==
+        std::vector<std::int64_t>{options.model.core.nlevels, 4 * q, options.model.core.ninp, 2});
+  CHECK(file.at("x", "tnet.module.full_conv.bias2").shape == std::vector<std::int64_t>{options.model.core.nlevels, 4 * q});
+  // A tied model does not take it, nor an untied one a tied file.
+  auto const path = scratch("untied_file.safetensors").string();
+  trellis::safetensors::write(path, file);
+  trellis::LanguageTask<Exec, double> tied(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  trellis::Trainer<Exec, decltype(tied)> t(space, tied, step_options(1));
+  auto const e = error_of([&] { t.resume(path); });
+  CHECK(has(e, path));
+  CHECK(has(e, "weight tying is 'untied'"));
+  t.save(path);
+  CHECK(has(error_of([&] { trainer.resume(path); }), "weight tying is 'tied'"));
+  fs::remove_all(fs::path(path).parent_path());
+}
+TEST_CASE_TEMPLATE_APPLY(untied, Backends);

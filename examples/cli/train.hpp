@@ -61,6 +61,7 @@ inline std::vector<FlagInfo> const& model_flags() {
       {"alpha", "AR weight"},
       {"beta", "TAR weight"},
       {"init-std", "the core's weights and bias start from N(0, init-std) (the reference: 0.01)"},
+      {"untied", "one kernel per level instead of one for all: the gated TCN of the paper's comparison"},
   };
   return flags;
 }
@@ -96,7 +97,7 @@ inline Flags task_defaults(std::string const& task, std::string const& data) {
           {"n-experts", "0"},  {"alpha", "0"},     {"beta", "0"},        {"optim", "adam"},   {"wdecay", "0"},
           {"momentum", "0"},   {"when", "[]"},     {"gamma", "0.1"},     {"plateau-patience", "-1"},
           {"plateau-factor", "0.5"}, {"max-steps", "0"}, {"seed", "1111"}, {"checkpoint-minutes", "2"},
-          {"wnorm", "true"}, {"log-every", "50"}, {"anneal", "0"}, {"init-std", "0.01"}};
+          {"wnorm", "true"}, {"log-every", "50"}, {"anneal", "0"}, {"init-std", "0.01"}, {"untied", "false"}};
   auto assign = [&f](Flags const& values) {
     for (auto const& [k, v] : values) f[k] = v;
   };
@@ -516,6 +517,12 @@ void configure_core(Core& core, TrainSettings const& s) {
 /// Builds the task named by the settings and calls f(task).
 template <class Exec, class Scalar, class F>
 void with_task(Exec const& space, TrainSettings const& s, F&& f) {
+  if (to_bool(s.flags, "untied")) with_task<Exec, Scalar, trellis::Untied>(space, s, f);
+  else with_task<Exec, Scalar, trellis::TiedAcrossDepth>(space, s, f);
+}
+
+template <class Exec, class Scalar, class WeightTying, class F>
+void with_task(Exec const& space, TrainSettings const& s, F&& f) {
   if (s.task == "charlm" || s.task == "wordlm") {
     bool const words = s.task == "wordlm";
     auto options = language_options(s.flags);
@@ -526,11 +533,12 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
                                       ") of each window, so seq-len must exceed nlevels");
     auto corpus = trellis::data::load_sotu(sotu_dir(s.data_root), words ? trellis::data::TokenLevel::words
                                                                          : trellis::data::TokenLevel::characters);
-    trellis::LanguageTask<Exec, Scalar> task(space, options, std::move(corpus));
+    trellis::LanguageTask<Exec, Scalar, WeightTying> task(space, options, std::move(corpus));
     configure_core(task.model().core(), s);
     f(task);
   } else {
-    trellis::ClassifierTask<Exec, Scalar> task(space, classifier_options(s.flags, s.data), load_images(s.data, s.data_root));
+    trellis::ClassifierTask<Exec, Scalar, WeightTying> task(space, classifier_options(s.flags, s.data),
+                                                            load_images(s.data, s.data_root));
     configure_core(task.model().core(), s);
     f(task);
   }

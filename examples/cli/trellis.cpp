@@ -1,4 +1,4 @@
-// The trellis program (../shared/docs/INTERFACES.md). Results go to stdout, progress
+// The trellis program (docs/cli.md). Results go to stdout, progress
 // and logs to stderr; errors to stderr with a non-zero exit status, naming the file,
 // tensor or flag at fault.
 //
@@ -89,6 +89,13 @@ void with_precision(std::string const& precision, F&& f) {
   throw trellis::invalid_argument("--precision " + precision + ": expected fp32 or fp64");
 }
 
+/// f(TiedAcrossDepth{}) or, for a file or flag that says untied, f(Untied{}).
+template <class F>
+void with_weight_tying(bool untied, F&& f) {
+  if (untied) return f(trellis::Untied{});
+  return f(trellis::TiedAcrossDepth{});
+}
+
 template <class F>
 void with_cell(trellis::RecurrentCell cell, F&& f) {
   switch (cell) {
@@ -173,12 +180,12 @@ constexpr trellis::safetensors::DType dtype_of() {
 }
 
 /// The core: x (N, ninp, L), optional h, c (N, q, 1) -> out (N, L, nout), h, c, aux.
-template <class Exec, class Scalar>
+template <class Exec, class Scalar, class WeightTying>
 void run_core(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
               trellis::safetensors::File const& input) {
   Exec space;
   auto const shape = trellis::read_core_shape(model, a.model);
-  using Net = trellis::TrellisNetwork<Exec, Scalar>;
+  using Net = trellis::TrellisNetwork<Exec, Scalar, WeightTying>;
   Net net(space, shape);
   net.set_math_mode(common.math_mode());
   trellis::read_core_model(model, a.model, net);
@@ -209,11 +216,11 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
 }
 
 /// The language model: tokens (N, L), optional h, c -> log_probs (N, L, ntoken), h, c.
-template <class Exec, class Scalar>
+template <class Exec, class Scalar, class WeightTying>
 void run_language_model(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
                         trellis::safetensors::File const& input) {
   Exec space;
-  using Model = trellis::LanguageModel<Exec, Scalar>;
+  using Model = trellis::LanguageModel<Exec, Scalar, WeightTying>;
   Model lm(space, trellis::read_language_model_config(model, a.model));
   lm.core().set_math_mode(common.math_mode());
   trellis::read_language_model(model, a.model, lm);
@@ -244,11 +251,16 @@ void run(RunCommand const& a, Common const& common) {
   auto const model = trellis::safetensors::read(a.model);
   auto const input = trellis::safetensors::read(a.input);
   bool const language_model = model.metadata.count("ntoken") > 0;
+  auto const tying = model.metadata.find("weight_tying");
+  bool const untied = tying != model.metadata.end() && tying->second == trellis::Untied::name;
   with_backend(common.backend, [&]<class Exec>() {
     with_precision(common.precision, [&](auto scalar) {
-      using Scalar = decltype(scalar);
-      if (language_model) run_language_model<Exec, Scalar>(a, common, model, input);
-      else run_core<Exec, Scalar>(a, common, model, input);
+      with_weight_tying(untied, [&](auto t) {
+        using Scalar = decltype(scalar);
+        using Tying = decltype(t);
+        if (language_model) run_language_model<Exec, Scalar, Tying>(a, common, model, input);
+        else run_core<Exec, Scalar, Tying>(a, common, model, input);
+      });
     });
   });
 }
@@ -401,7 +413,7 @@ int main(int argc, char** argv) {
   auto add_model_flags = [&](CLI::App* sub) {
     for (auto const* list : {&trellis_cli::model_flags(), &trellis_cli::training_flags()})
       for (auto const& info : *list) {
-        if (std::string(info.name) == "wnorm") continue;
+        if (std::string(info.name) == "wnorm" || std::string(info.name) == "untied") continue;
         // As argparse: a flag given twice takes its last value.
         tr.options[info.name] = sub->add_option(std::string("--") + info.name, tr.values[info.name], info.help)
                                     ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -411,6 +423,8 @@ int main(int argc, char** argv) {
     wn->excludes(nwn);
     tr.options["wnorm"] = wn;
     tr.wnorm_off = nwn;
+    tr.options["untied"] = sub->add_flag_callback("--untied", [&] { tr.values["untied"] = "true"; },
+                                                  "one kernel per level: the gated TCN of the paper's comparison");
     sub->add_option("--data-dir", tr.data_dir,
                     "where scripts/fetch-data put the data sets (default: $TRELLIS_DATA or ~/.cache/trellis)");
   };

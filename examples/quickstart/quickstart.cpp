@@ -26,12 +26,9 @@ std::vector<double> host(View const& v) {
   return std::vector<double>(h.data(), h.data() + h.span());
 }
 
+/// Our (1, rows, 2 in) kernel in the naive reference's (rows, in, 2) layout.
 std::vector<double> reference_layout(std::vector<double> const& ours, long rows, long in) {
-  std::vector<double> ref(rows * in * 2);
-  for (long r = 0; r < rows; ++r)
-    for (long j = 0; j < in; ++j)
-      for (long tap = 0; tap < 2; ++tap) ref[(r * in + j) * 2 + tap] = ours[r * 2 * in + tap * in + j];
-  return ref;
+  return trellis::kernel_to_torch_layout(ours.data(), 0, rows, in);
 }
 
 /// Max relative difference of the network's output against the naive reference.

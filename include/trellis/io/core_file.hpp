@@ -17,9 +17,11 @@
 #include <vector>
 
 #include <trellis/core/shape.hpp>
+#include <trellis/core/weight_tying.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/io/safetensors.hpp>
 #include <trellis/io/tensor_io.hpp>
+#include <trellis/io/torch_layout.hpp>
 
 namespace trellis {
 
@@ -33,52 +35,65 @@ inline std::string dilation_json(std::vector<int> const& d) {
   return out.str();
 }
 
-/// Our (1, G q, 2 in) [tap 0 | tap 1] <-> the reference's (G q, in, 2).
+/// Our (K, G q, 2 in) [tap 0 | tap 1] <-> the reference's (G q, in, 2) when K = 1 (tied
+/// across depth); an untied core's K kernels as (K, G q, in, 2).
+inline std::vector<long> kernel_file_shape(long kernels, long rows, long in) {
+  return kernels == 1 ? std::vector<long>{rows, in, 2} : std::vector<long>{kernels, rows, in, 2};
+}
+
 template <class View>
 safetensors::Tensor kernel_to_reference(View const& w, safetensors::DType dtype) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), w);
-  long const rows = long(h.extent(1)), in = long(h.extent(2)) / 2;
-  std::vector<double> values(std::size_t(rows * in * 2));
-  for (long r = 0; r < rows; ++r)
-    for (long j = 0; j < in; ++j)
-      for (long tap = 0; tap < 2; ++tap) values[std::size_t((r * in + j) * 2 + tap)] = double(h(0, r, tap * in + j));
-  return safetensors::Tensor::from_double(dtype, {rows, in, 2}, values);
+  long const K = long(h.extent(0)), rows = long(h.extent(1)), in = long(h.extent(2)) / 2;
+  std::vector<double> values;
+  for (long k = 0; k < K; ++k) {
+    auto const one = kernel_to_torch_layout(h.data(), k, rows, in);
+    values.insert(values.end(), one.begin(), one.end());
+  }
+  auto const shape = kernel_file_shape(K, rows, in);
+  return safetensors::Tensor::from_double(dtype, std::vector<std::int64_t>(shape.begin(), shape.end()), values);
+}
+
+/// A tensor's shape checked against the expected one; the error names file and tensor.
+inline void require_shape(safetensors::Tensor const& t, std::string const& path, std::string const& name,
+                          std::vector<long> const& want) {
+  std::vector<long> const have(t.shape.begin(), t.shape.end());
+  if (want != have)
+    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
 }
 
 template <class View>
 void kernel_from_reference(View const& w, safetensors::Tensor const& t, std::string const& path,
                            std::string const& name) {
-  long const rows = long(w.extent(1)), in = long(w.extent(2)) / 2;
-  std::vector<long> const want{rows, in, 2}, have(t.shape.begin(), t.shape.end());
-  if (want != have)
-    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
+  long const K = long(w.extent(0)), rows = long(w.extent(1)), in = long(w.extent(2)) / 2;
+  require_shape(t, path, name, kernel_file_shape(K, rows, in));
   auto const values = t.to_double();
   auto h = Kokkos::create_mirror_view(w);
-  using T = typename View::non_const_value_type;
-  for (long r = 0; r < rows; ++r)
-    for (long j = 0; j < in; ++j)
-      for (long tap = 0; tap < 2; ++tap) h(0, r, tap * in + j) = T(values[std::size_t((r * in + j) * 2 + tap)]);
+  for (long k = 0; k < K; ++k) kernel_from_torch_layout(values.data() + k * rows * in * 2, k, rows, in, h.data());
   Kokkos::deep_copy(w, h);
 }
 
+/// A per-row tensor (K, G q): gains as the reference's (G q, 1, 1), the bias as (G q);
+/// an untied core's with a leading K.
 template <class View>
-safetensors::Tensor gain_to_reference(View const& g, safetensors::DType dtype) {
+safetensors::Tensor per_row_to_reference(View const& g, std::vector<long> const& row_shape, safetensors::DType dtype) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
-  std::vector<double> values(h.extent(1));
-  for (std::size_t r = 0; r < values.size(); ++r) values[r] = double(h(0, r));
-  return safetensors::Tensor::from_double(dtype, {std::int64_t(values.size()), 1, 1}, values);
+  long const K = long(h.extent(0));
+  std::vector<double> values(h.data(), h.data() + h.span());
+  std::vector<std::int64_t> shape(row_shape.begin(), row_shape.end());
+  if (K != 1) shape.insert(shape.begin(), K);
+  return safetensors::Tensor::from_double(dtype, shape, values);
 }
 
 template <class View>
-void row_from_reference(View const& g, safetensors::Tensor const& t, std::string const& path, std::string const& name,
-                        std::vector<long> const& want) {
-  std::vector<long> const have(t.shape.begin(), t.shape.end());
-  if (want != have)
-    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
+void per_row_from_reference(View const& g, safetensors::Tensor const& t, std::string const& path, std::string const& name,
+                         std::vector<long> want) {
+  if (g.extent(0) != 1) want.insert(want.begin(), long(g.extent(0)));
+  require_shape(t, path, name, want);
   auto const values = t.to_double();
   auto h = Kokkos::create_mirror_view(g);
   using T = typename View::non_const_value_type;
-  for (std::size_t r = 0; r < values.size(); ++r) h(0, r) = T(values[r]);
+  for (std::size_t i = 0; i < values.size(); ++i) h.data()[i] = T(values[i]);
   Kokkos::deep_copy(g, h);
 }
 
@@ -175,33 +190,47 @@ inline TrellisShape read_shape_metadata(std::map<std::string, std::string> const
   return s;
 }
 
-/// Writes the core's tensors under `prefix` (e.g. "tnet.module.full_conv.").
+/// Writes a core's tensors (its parameters, or anything of their shapes, such as their
+/// gradients) under `prefix` (e.g. "tnet.module.full_conv."). An untied core's kernels
+/// (one per level: the gated TCN) have no counterpart in the reference: its tensors
+/// carry a leading kernel dimension.
 template <class Params>
-void write_core(safetensors::File& f, std::string const& prefix, Params const& p, bool weight_norm, bool raw_names,
-                safetensors::DType dtype) {
-  if (p.weight1.extent(0) != 1)
-    detail::fail("trellis::write_core: the reference's file format holds one kernel (tied across depth); this core has ",
-                 p.weight1.extent(0));
+void write_core_tensors(safetensors::File& f, std::string const& prefix, Params const& p, bool weight_norm,
+                        bool raw_names, safetensors::DType dtype) {
+  long const rows = long(p.weight1.extent(1));
   std::string const raw = raw_names ? "_raw" : "";
   if (weight_norm) {
-    f.tensors[prefix + "weight1_g"] = detail::gain_to_reference(p.weight1_g, dtype);
+    f.tensors[prefix + "weight1_g"] = detail::per_row_to_reference(p.weight1_g, {rows, 1, 1}, dtype);
     f.tensors[prefix + "weight1_v" + raw] = detail::kernel_to_reference(p.weight1, dtype);
-    f.tensors[prefix + "weight2_g"] = detail::gain_to_reference(p.weight2_g, dtype);
+    f.tensors[prefix + "weight2_g"] = detail::per_row_to_reference(p.weight2_g, {rows, 1, 1}, dtype);
     f.tensors[prefix + "weight2_v" + raw] = detail::kernel_to_reference(p.weight2, dtype);
   } else {
     f.tensors[prefix + "weight1" + raw] = detail::kernel_to_reference(p.weight1, dtype);
     f.tensors[prefix + "weight2" + raw] = detail::kernel_to_reference(p.weight2, dtype);
   }
-  auto b = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.bias2);
-  std::vector<double> bias(b.extent(1));
-  for (std::size_t r = 0; r < bias.size(); ++r) bias[r] = double(b(0, r));
-  f.tensors[prefix + "bias2"] = safetensors::Tensor::from_double(dtype, {std::int64_t(bias.size())}, bias);
+  f.tensors[prefix + "bias2"] = detail::per_row_to_reference(p.bias2, {rows}, dtype);
 }
 
-/// Reads the core's tensors from under `prefix`; names with or without "_raw" are accepted.
-template <class Params>
-void read_core(safetensors::File const& f, std::string const& path, std::string const& prefix, Params const& p,
-               bool weight_norm) {
+/// Writes the network's parameters under `prefix`; an untied network's file says
+/// weight_tying untied in its metadata.
+template <class Network>
+void write_core(safetensors::File& f, std::string const& prefix, Network const& net, bool raw_names,
+                safetensors::DType dtype) {
+  write_core_tensors(f, prefix, net.parameters(), net.shape().weight_norm, raw_names, dtype);
+  if constexpr (!Network::weight_tying::tied) f.metadata["weight_tying"] = Network::weight_tying::name;
+}
+
+/// Reads the core's tensors from under `prefix`; names with or without "_raw" are
+/// accepted. The file's weight tying must be the network's.
+template <class Network>
+void read_core(safetensors::File const& f, std::string const& path, std::string const& prefix, Network& net) {
+  auto const& p = net.parameters();
+  bool const weight_norm = net.shape().weight_norm;
+  auto const it = f.metadata.find("weight_tying");
+  std::string const file_tying = it == f.metadata.end() ? TiedAcrossDepth::name : it->second;
+  if (file_tying != Network::weight_tying::name)
+    throw file_error(path + ": holds a core whose weight tying is '" + file_tying + "'; this model's is '" +
+                     Network::weight_tying::name + "'");
   auto pick = [&](std::string const& name) {
     if (f.has(prefix + name + "_raw")) return prefix + name + "_raw";
     if (f.has(prefix + name)) return prefix + name;
@@ -211,8 +240,8 @@ void read_core(safetensors::File const& f, std::string const& path, std::string 
   long const rows = long(p.weight1.extent(1));
   if (weight_norm) {
     auto const g1 = prefix + "weight1_g", g2 = prefix + "weight2_g";
-    detail::row_from_reference(p.weight1_g, f.at(path, g1), path, g1, {rows, 1, 1});
-    detail::row_from_reference(p.weight2_g, f.at(path, g2), path, g2, {rows, 1, 1});
+    detail::per_row_from_reference(p.weight1_g, f.at(path, g1), path, g1, {rows, 1, 1});
+    detail::per_row_from_reference(p.weight2_g, f.at(path, g2), path, g2, {rows, 1, 1});
     auto const v1 = pick("weight1_v"), v2 = pick("weight2_v");
     detail::kernel_from_reference(p.weight1, f.at(path, v1), path, v1);
     detail::kernel_from_reference(p.weight2, f.at(path, v2), path, v2);
@@ -221,7 +250,7 @@ void read_core(safetensors::File const& f, std::string const& path, std::string 
     detail::kernel_from_reference(p.weight1, f.at(path, w1), path, w1);
     detail::kernel_from_reference(p.weight2, f.at(path, w2), path, w2);
   }
-  detail::row_from_reference(p.bias2, f.at(path, prefix + "bias2"), path, prefix + "bias2", {rows});
+  detail::per_row_from_reference(p.bias2, f.at(path, prefix + "bias2"), path, prefix + "bias2", {rows});
 }
 
 /// A bare core file (docs/file-formats.md, "core model"): the reference's TrellisNet names under
@@ -241,13 +270,13 @@ void read_core_model(safetensors::File const& f, std::string const& path, Networ
   detail::core_keys(known, "full_conv.", s.weight_norm);
   detail::reject_unknown(f, path, known, {}, s.weight_norm ? "a core with weight normalisation"
                                                           : "a core without weight normalisation");
-  read_core(f, path, "full_conv.", net.parameters(), s.weight_norm);
+  read_core(f, path, "full_conv.", net);
 }
 
 template <class Network>
 void write_core_model(safetensors::File& f, Network const& net, safetensors::DType dtype) {
   write_shape_metadata(f.metadata, net.shape());
-  write_core(f, "full_conv.", net.parameters(), net.shape().weight_norm, false, dtype);
+  write_core(f, "full_conv.", net, false, dtype);
 }
 
 }  // namespace trellis

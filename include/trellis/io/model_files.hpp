@@ -23,15 +23,15 @@ inline void write_language_model_metadata(std::map<std::string, std::string>& me
 }
 
 /// The language model's tensors in the reference's full key set.
-template <class Exec, class Scalar>
-void write_language_model(safetensors::File& f, LanguageModel<Exec, Scalar>& m, safetensors::DType dtype) {
+template <class Exec, class Scalar, class... Policies>
+void write_language_model(safetensors::File& f, LanguageModel<Exec, Scalar, Policies...>& m, safetensors::DType dtype) {
   auto const& c = m.config();
   write_language_model_metadata(f.metadata, c);
   f.tensors["encoder.weight"] = to_tensor(m.encoder().weight, dtype);
   f.tensors["decoder.weight"] = f.tensors["encoder.weight"];
   f.tensors["decoder.bias"] = to_tensor(m.decoder().bias, dtype);
   for (char const* prefix : {"tnet.module.full_conv.", "network.0.module.full_conv."})
-    write_core(f, prefix, m.core().parameters(), c.core.weight_norm, true, dtype);
+    write_core(f, prefix, m.core(), true, dtype);
   if (c.n_experts > 0) {
     auto& mos = m.mixsoft();
     for (std::string const prefix : {"mixsoft.", "network.1."}) {
@@ -58,8 +58,8 @@ inline LanguageModelConfig read_language_model_config(safetensors::File const& f
 /// Reads a language model in the reference's names. A tensor the model does not have is
 /// an error unless `also` names it (see detail::reject_unknown): a checkpoint passes
 /// its optimiser state and counters there.
-template <class Exec, class Scalar>
-void read_language_model(safetensors::File const& f, std::string const& path, LanguageModel<Exec, Scalar>& m,
+template <class Exec, class Scalar, class... Policies>
+void read_language_model(safetensors::File const& f, std::string const& path, LanguageModel<Exec, Scalar, Policies...>& m,
                          std::vector<std::string> const& also = {}) {
   auto const& c = m.config();
   auto const file_config = read_language_model_config(f, path);
@@ -86,7 +86,7 @@ void read_language_model(safetensors::File const& f, std::string const& path, La
   from_tensor(m.decoder().bias, f.at(path, "decoder.bias"), path, "decoder.bias");
   std::string core_prefix = "tnet.module.full_conv.";
   if (!f.has(core_prefix + "bias2")) core_prefix = "network.0.module.full_conv.";
-  read_core(f, path, core_prefix, m.core().parameters(), c.core.weight_norm);
+  read_core(f, path, core_prefix, m.core());
   if (f.has("tnet.module.full_conv.bias2") && f.has("network.0.module.full_conv.bias2"))
     for (auto const& [name, t] : f.tensors)
       if (name.rfind("tnet.module.full_conv.", 0) == 0)
@@ -107,18 +107,18 @@ void read_language_model(safetensors::File const& f, std::string const& path, La
   }
 }
 
-template <class Exec, class Scalar>
-void write_sequence_classifier(safetensors::File& f, SequenceClassifier<Exec, Scalar>& m, safetensors::DType dtype) {
+template <class Exec, class Scalar, class... Policies>
+void write_sequence_classifier(safetensors::File& f, SequenceClassifier<Exec, Scalar, Policies...>& m, safetensors::DType dtype) {
   auto const& c = m.config();
   write_shape_metadata(f.metadata, c.core);
   f.metadata["nclasses"] = std::to_string(c.nclasses);
-  write_core(f, "network.0.module.full_conv.", m.core().parameters(), c.core.weight_norm, true, dtype);
+  write_core(f, "network.0.module.full_conv.", m.core(), true, dtype);
   f.tensors["linear.weight"] = to_tensor(m.linear().weight, dtype);
   f.tensors["linear.bias"] = to_tensor(m.linear().bias, dtype);
 }
 
-template <class Exec, class Scalar>
-void read_sequence_classifier(safetensors::File const& f, std::string const& path, SequenceClassifier<Exec, Scalar>& m,
+template <class Exec, class Scalar, class... Policies>
+void read_sequence_classifier(safetensors::File const& f, std::string const& path, SequenceClassifier<Exec, Scalar, Policies...>& m,
                               std::vector<std::string> const& also = {}) {
   auto const& c = m.config();
   auto const s = read_shape_metadata(f.metadata, path);
@@ -128,7 +128,7 @@ void read_sequence_classifier(safetensors::File const& f, std::string const& pat
   std::set<std::string> known{"linear.weight", "linear.bias"};
   detail::core_keys(known, "network.0.module.full_conv.", c.core.weight_norm);
   detail::reject_unknown(f, path, known, also, "a sequence classifier");
-  read_core(f, path, "network.0.module.full_conv.", m.core().parameters(), c.core.weight_norm);
+  read_core(f, path, "network.0.module.full_conv.", m.core());
   from_tensor(m.linear().weight, f.at(path, "linear.weight"), path, "linear.weight");
   from_tensor(m.linear().bias, f.at(path, "linear.bias"), path, "linear.bias");
 }

@@ -15,6 +15,28 @@
 
 namespace trellis {
 
+/// A core kernel in the torch layout: kernel k of our (K, rows, 2 in) weights, columns
+/// [tap 0 | tap 1], as the reference's (rows, in, 2), i.e. ref(r, j, tap) = ours(k, r,
+/// tap * in + j). `ours` is the row-major host copy of all K kernels.
+template <class T>
+std::vector<double> kernel_to_torch_layout(T const* ours, long k, long rows, long in) {
+  std::vector<double> ref(std::size_t(rows * in * 2));
+  for (long r = 0; r < rows; ++r)
+    for (long j = 0; j < in; ++j)
+      for (long tap = 0; tap < 2; ++tap)
+        ref[std::size_t((r * in + j) * 2 + tap)] = double(ours[(k * rows + r) * 2 * in + tap * in + j]);
+  return ref;
+}
+
+/// The inverse: the reference's (rows, in, 2) into kernel k of ours.
+template <class T>
+void kernel_from_torch_layout(double const* ref, long k, long rows, long in, T* ours) {
+  for (long r = 0; r < rows; ++r)
+    for (long j = 0; j < in; ++j)
+      for (long tap = 0; tap < 2; ++tap)
+        ours[(k * rows + r) * 2 * in + tap * in + j] = T(ref[(r * in + j) * 2 + tap]);
+}
+
 namespace detail {
 
 /// For each element of the file tensor in its (row-major) order, the offset of the same

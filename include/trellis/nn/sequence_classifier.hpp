@@ -46,11 +46,14 @@ struct ClassifierLoss {
   long count = 0, correct = 0;
 };
 
-template <class ExecutionSpace, class Scalar>
+/// The core is TrellisNetwork<ExecutionSpace, Scalar, WeightTying, Structure, Activation>:
+/// the TrellisNet by default, the gated TCN of the paper's comparison with Untied.
+template <class ExecutionSpace, class Scalar, class WeightTying = TiedAcrossDepth, class Structure = Dense,
+          class Activation = LSTMGating>
 class SequenceClassifier {
  public:
   using memory_space = typename ExecutionSpace::memory_space;
-  using core_type = TrellisNetwork<ExecutionSpace, Scalar>;
+  using core_type = TrellisNetwork<ExecutionSpace, Scalar, WeightTying, Structure, Activation>;
   using matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, memory_space>;
   using sequence = Kokkos::View<Scalar***, Kokkos::LayoutRight, memory_space>;
   using const_sequence = Kokkos::View<Scalar const***, Kokkos::LayoutRight, memory_space>;

@@ -44,10 +44,11 @@ inline std::vector<std::int64_t> pixel_permutation(long pixels, std::uint64_t se
   return p;
 }
 
-template <class ExecutionSpace, class Scalar>
+/// Policies: the core's weight tying, structure and activation (TrellisNetwork's).
+template <class ExecutionSpace, class Scalar, class... Policies>
 class ClassifierTask {
  public:
-  using Model = SequenceClassifier<ExecutionSpace, Scalar>;
+  using Model = SequenceClassifier<ExecutionSpace, Scalar, Policies...>;
   using memory_space = typename ExecutionSpace::memory_space;
   using labels_view = Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory_space>;
 

@@ -36,10 +36,11 @@ struct LanguageTaskOptions {
   std::uint64_t seed = 1111;  ///< the model's initialisation
 };
 
-template <class ExecutionSpace, class Scalar>
+/// Policies: the core's weight tying, structure and activation (TrellisNetwork's).
+template <class ExecutionSpace, class Scalar, class... Policies>
 class LanguageTask {
  public:
-  using Model = LanguageModel<ExecutionSpace, Scalar>;
+  using Model = LanguageModel<ExecutionSpace, Scalar, Policies...>;
   using memory_space = typename ExecutionSpace::memory_space;
   using tokens_view = Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space>;
 
