@@ -469,7 +469,7 @@ TEST_CASE_TEMPLATE_DEFINE("level recomputation keeps n / k + k - 1 levels and re
     train_step(net, cache, p);
     grads[pass] = to_host(net.gradients().weight2);
     bytes[pass] = cache.bytes();
-    slots[pass] = long(cache.gates.extent(0));
+    slots[pass] = cache.level_slots();
   }
   CHECK(slots[0] == 12);
   CHECK(slots[1] == 12 / 3 + 3 - 1);
