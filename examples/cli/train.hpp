@@ -343,10 +343,6 @@ class RunDirectory {
 
 // ---------------------------------------------------------------- tasks
 
-inline trellis::safetensors::DType dtype_of(bool fp64) {
-  return fp64 ? trellis::safetensors::DType::F64 : trellis::safetensors::DType::F32;
-}
-
 inline trellis::OptimizerKind optimizer_kind(Flags const& f) {
   auto const& name = f.at("optim");
   if (name == "adam" || name == "adamw") return trellis::OptimizerKind::adam;
@@ -462,7 +458,7 @@ inline trellis::TrainerOptions trainer_options(TrainSettings const& s, std::stri
     o.schedule.factor = to_number(f, "plateau-factor");
   }
   o.checkpoint_path = checkpoint;
-  o.checkpoint_dtype = dtype_of(s.fp64);
+  o.checkpoint_dtype = s.fp64 ? trellis::safetensors::dtype_of<double>() : trellis::safetensors::dtype_of<float>();
   o.configuration = {{"task", s.task}, {"data", s.data}};
   o.metadata["precision"] = s.fp64 ? "fp64" : "fp32";
   for (auto const& [k, v] : f) o.metadata["flag." + k] = v;

@@ -121,9 +121,8 @@ void run_from_rnn(FromRnn const& a, Common const& common, trellis::RecurrentWeig
   trellis::load_recurrent(net.parameters(), w);
   auto const& xt = input.at(a.input, "x");
   if (xt.shape.size() != 3 || xt.shape[2] != w.input_size || xt.shape[0] < 1 || xt.shape[1] < 1)
-    throw trellis::file_error(a.input + ": tensor 'x' has shape " +
-                              trellis::shape_of(std::vector<long>(xt.shape.begin(), xt.shape.end())) +
-                              ", expected (T, N, " + std::to_string(w.input_size) + ") with T, N >= 1");
+    trellis::fail_tensor_shape(a.input, "x", trellis::tensor_shape(xt),
+                               "(T, N, " + std::to_string(w.input_size) + ") with T, N >= 1");
   long const T = xt.shape[0], N = xt.shape[1], d = w.hidden_size, q = shape.q();
   typename Net::sequence_view x("x", T, N, w.input_size), y("y", T, N, d);
   trellis::from_tensor(x, xt, a.input, "x");
@@ -134,8 +133,7 @@ void run_from_rnn(FromRnn const& a, Common const& common, trellis::RecurrentWeig
   space.fence();
   double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   trellis::safetensors::File out;
-  out.tensors["y"] = trellis::to_tensor(y, std::is_same_v<Scalar, double> ? trellis::safetensors::DType::F64
-                                                                        : trellis::safetensors::DType::F32);
+  out.tensors["y"] = trellis::to_tensor(y, trellis::safetensors::dtype_of<Scalar>());
   out.metadata["cell"] = a.cell;
   out.metadata["history"] = std::to_string(a.history);
   out.metadata["layers"] = std::to_string(w.layers());
@@ -174,10 +172,6 @@ void check_input_names(trellis::safetensors::File const& input, std::string cons
     }
 }
 
-template <class Scalar>
-constexpr trellis::safetensors::DType dtype_of() {
-  return std::is_same_v<Scalar, double> ? trellis::safetensors::DType::F64 : trellis::safetensors::DType::F32;
-}
 
 /// The core: x (N, ninp, L), optional h, c (N, q, 1) -> out (N, L, nout), h, c, aux.
 template <class Exec, class Scalar, class WeightTying>
@@ -192,8 +186,8 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
   check_input_names(input, a.input, {"x", "h", "c"});
   auto const& xt = input.at(a.input, "x");
   if (xt.shape.size() != 3 || xt.shape[1] != shape.ninp || xt.shape[0] < 1 || xt.shape[2] < 1)
-    throw trellis::file_error(a.input + ": tensor 'x' has shape " + trellis::shape_of(trellis::tensor_shape(xt)) +
-                              ", expected (N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
+    trellis::fail_tensor_shape(a.input, "x", trellis::tensor_shape(xt),
+                               "(N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
   long const N = xt.shape[0], L = xt.shape[2], q = shape.q();
   typename Net::sequence_view x("x", L, N, shape.ninp), out("out", L, N, shape.nout);
   trellis::sequence_from_reference(x, xt, a.input, "x");
@@ -205,7 +199,7 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
   typename Net::cache_type cache;
   net.forward(space, x, h0, c0, out, h, c, aux, cache);
   trellis::safetensors::File o;
-  constexpr auto dtype = dtype_of<Scalar>();
+  constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
   o.tensors["out"] = trellis::output_to_reference(out, dtype);
   o.tensors["h"] = trellis::state_to_reference(h, dtype);
   o.tensors["c"] = trellis::state_to_reference(c, dtype);
@@ -227,8 +221,7 @@ void run_language_model(RunCommand const& a, Common const& common, trellis::safe
   check_input_names(input, a.input, {"tokens", "h", "c"});
   auto const& tt = input.at(a.input, "tokens");
   if (tt.shape.size() != 2 || tt.shape[0] < 1 || tt.shape[1] < 1)
-    throw trellis::file_error(a.input + ": tensor 'tokens' has shape " +
-                              trellis::shape_of(trellis::tensor_shape(tt)) + ", expected (N, L) with N, L >= 1");
+    trellis::fail_tensor_shape(a.input, "tokens", trellis::tensor_shape(tt), "(N, L) with N, L >= 1");
   long const N = tt.shape[0], L = tt.shape[1], V = lm.config().ntoken;
   Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N);
   trellis::tokens_from_reference(tokens, tt, V, a.input, "tokens");
@@ -239,7 +232,7 @@ void run_language_model(RunCommand const& a, Common const& common, trellis::safe
   // Scoring the tokens against themselves only fills log_probs; the NLL is not used.
   lm.evaluate(space, tokens, tokens, 0, state, log_probs);
   trellis::safetensors::File o;
-  constexpr auto dtype = dtype_of<Scalar>();
+  constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
   o.tensors["log_probs"] = trellis::rows_to_reference(log_probs, L, N, dtype);
   o.tensors["h"] = trellis::state_to_reference(state.h, dtype);
   o.tensors["c"] = trellis::state_to_reference(state.c, dtype);

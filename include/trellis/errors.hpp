@@ -56,6 +56,18 @@ inline std::string shape_of(std::vector<long> const& extents) {
   return out.str();
 }
 
+/// Throws the file_error of a tensor whose shape is not the expected one:
+/// "<path>: tensor '<name>' has shape (a, b), expected <expected>".
+[[noreturn]] inline void fail_tensor_shape(std::string const& path, std::string const& name,
+                                           std::vector<long> const& have, std::string const& expected) {
+  throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + expected);
+}
+
+[[noreturn]] inline void fail_tensor_shape(std::string const& path, std::string const& name,
+                                           std::vector<long> const& have, std::vector<long> const& expected) {
+  fail_tensor_shape(path, name, have, shape_of(expected));
+}
+
 namespace detail {
 
 using trellis::shape_of;

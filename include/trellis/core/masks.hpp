@@ -9,6 +9,7 @@
 #include <string>
 
 #include <trellis/errors.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -27,12 +28,10 @@ namespace detail {
 template <class View>
 void fill_dropout_mask(View const& mask, double p, std::mt19937_64& rng) {
   if (!(p >= 0.0 && p < 1.0)) fail("trellis::draw_masks: dropout probability ", p, " is not in [0, 1)");
-  auto host = Kokkos::create_mirror_view(mask);
   std::bernoulli_distribution keep(1.0 - p);
   using Scalar = typename View::value_type;
   Scalar const scale = Scalar(1.0 / (1.0 - p));
-  for (std::size_t i = 0; i < host.span(); ++i) host.data()[i] = keep(rng) ? scale : Scalar(0);
-  Kokkos::deep_copy(mask, host);
+  fill_on_host(mask, [&] { return keep(rng) ? scale : Scalar(0); });
 }
 
 }  // namespace detail

@@ -39,6 +39,7 @@
 #include <trellis/core/structure.hpp>
 #include <trellis/core/weight_tying.hpp>
 #include <trellis/errors.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -302,9 +303,7 @@ class TrellisNetwork {
 
   void prepare_cache(ExecutionSpace const& space, state_type& c, long L, long N) const {
     long const q = shape_.q(), p = shape_.ninp, G = groups, R = L * N;
-    auto alloc = [&](char const* name) {
-      return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
-    };
+    auto alloc = [&](char const* name) { return detail::uninitialized(space, "trellis::TrellisCache::", name); };
     bool const folded = injection_folded();
     structure_ops::prepare(space, c.weights, shape_, kernels(), groups);
     if constexpr (structure_ops::can_fold_injection)

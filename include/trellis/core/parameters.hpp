@@ -8,6 +8,7 @@
 #include <string>
 
 #include <trellis/core/shape.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -59,12 +60,7 @@ template <class MemorySpace, class Scalar>
 void initialize_parameters(TrellisParameters<MemorySpace, Scalar> const& p, std::uint64_t seed, double std = 0.01) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, std);
-  auto fill = [&](auto const& view) {
-    auto host = Kokkos::create_mirror_view(view);
-    Scalar* data = host.data();
-    for (std::size_t i = 0; i < host.span(); ++i) data[i] = Scalar(normal(rng));
-    return host;
-  };
+  auto draw = [&] { return normal(rng); };
   auto norms = [](auto const& v, auto const& g) {
     auto hg = Kokkos::create_mirror_view(g);
     for (std::size_t k = 0; k < hg.extent(0); ++k)
@@ -75,14 +71,11 @@ void initialize_parameters(TrellisParameters<MemorySpace, Scalar> const& p, std:
       }
     Kokkos::deep_copy(g, hg);
   };
-  auto w1 = fill(p.weight1);
-  auto w2 = fill(p.weight2);
-  auto b = fill(p.bias2);
-  Kokkos::deep_copy(p.weight1, w1);
-  Kokkos::deep_copy(p.weight2, w2);
-  Kokkos::deep_copy(p.bias2, b);
-  if (p.weight1_g.extent(0) > 0) norms(w1, p.weight1_g);
-  if (p.weight2_g.extent(0) > 0) norms(w2, p.weight2_g);
+  fill_on_host(p.weight1, draw);
+  fill_on_host(p.weight2, draw);
+  fill_on_host(p.bias2, draw);
+  if (p.weight1_g.extent(0) > 0) norms(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.weight1), p.weight1_g);
+  if (p.weight2_g.extent(0) > 0) norms(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.weight2), p.weight2_g);
 }
 
 }  // namespace detail

@@ -114,9 +114,8 @@ inline RecurrentWeights recurrent_from_pytorch(safetensors::File const& file, Re
     auto const& thh = file.at(path, hh);
     if (thh.shape.size() != 2 || tih.shape.size() != 2 || thh.shape[0] % G != 0 ||
         thh.shape[1] * G != thh.shape[0])
-      throw file_error(path + ": tensor '" + hh + "' has shape " +
-                       detail::shape_of(std::vector<long>(thh.shape.begin(), thh.shape.end())) +
-                       ", expected (" + std::to_string(G) + " d, d) for cell " + cell_name(cell));
+      fail_tensor_shape(path, hh, tensor_shape(thh),
+                        "(" + std::to_string(G) + " d, d) for cell " + cell_name(cell));
     int const d = int(thh.shape[1]);
     if (k == 0) {
       w.hidden_size = d;
@@ -124,9 +123,8 @@ inline RecurrentWeights recurrent_from_pytorch(safetensors::File const& file, Re
     }
     int const in = k == 0 ? w.input_size : d;
     if (d != w.hidden_size || tih.shape[0] != G * d || tih.shape[1] != in)
-      throw file_error(path + ": tensor '" + ih + "' has shape " +
-                       detail::shape_of(std::vector<long>(tih.shape.begin(), tih.shape.end())) + ", expected (" +
-                       std::to_string(G * w.hidden_size) + ", " + std::to_string(in) + ")");
+      fail_tensor_shape(path, ih, tensor_shape(tih),
+                        std::vector<long>{G * long(w.hidden_size), long(in)});
     Eigen::MatrixXd mih = detail::to_matrix(tih), mhh = detail::to_matrix(thh);
     if (cell == RecurrentCell::lstm) {
       mih = detail::pytorch_gates_to_trellis(mih, d);

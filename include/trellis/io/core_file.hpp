@@ -57,9 +57,7 @@ safetensors::Tensor kernel_to_reference(View const& w, safetensors::DType dtype)
 /// A tensor's shape checked against the expected one; the error names file and tensor.
 inline void require_shape(safetensors::Tensor const& t, std::string const& path, std::string const& name,
                           std::vector<long> const& want) {
-  std::vector<long> const have(t.shape.begin(), t.shape.end());
-  if (want != have)
-    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want));
+  if (tensor_shape(t) != want) fail_tensor_shape(path, name, tensor_shape(t), want);
 }
 
 template <class View>

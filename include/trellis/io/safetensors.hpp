@@ -28,6 +28,12 @@ namespace safetensors {
 
 enum class DType { F64, F32, F16, BF16, I64, I32, U8 };
 
+/// The dtype that holds a Scalar exactly (F64 for double, F32 for float).
+template <class Scalar>
+constexpr DType dtype_of() {
+  return sizeof(Scalar) == 8 ? DType::F64 : DType::F32;
+}
+
 inline std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::F64: case DType::I64: return 8;
@@ -338,4 +344,7 @@ inline void write(std::string const& path, File const& file) {
 }
 
 }  // namespace safetensors
+
+/// A tensor's shape as error messages and shape checks take it.
+inline std::vector<long> tensor_shape(safetensors::Tensor const& t) { return {t.shape.begin(), t.shape.end()}; }
 }  // namespace trellis

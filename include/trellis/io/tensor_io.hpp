@@ -29,9 +29,7 @@ void from_tensor(View const& v, safetensors::Tensor const& t, std::string const&
                 "trellis::from_tensor: Views are LayoutRight (row-major, like the file)");
   std::vector<long> want, have(t.shape.begin(), t.shape.end());
   for (unsigned r = 0; r < View::rank; ++r) want.push_back(long(v.extent(r)));
-  if (want != have)
-    throw file_error(path + ": tensor '" + name + "' has shape " + detail::shape_of(have) + ", expected " +
-                     detail::shape_of(want));
+  if (want != have) fail_tensor_shape(path, name, have, want);
   auto h = Kokkos::create_mirror_view(v);
   auto const values = t.to_double();
   using T = typename View::non_const_value_type;

@@ -83,10 +83,7 @@ safetensors::Tensor to_file(View const& v, std::vector<long> const& extents, std
 
 inline void require_file_shape(safetensors::Tensor const& t, std::vector<long> const& want, std::string const& path,
                                std::string const& name, char const* layout) {
-  std::vector<long> const have(t.shape.begin(), t.shape.end());
-  if (have != want)
-    throw file_error(path + ": tensor '" + name + "' has shape " + shape_of(have) + ", expected " + shape_of(want) +
-                     " " + layout);
+  if (tensor_shape(t) != want) fail_tensor_shape(path, name, tensor_shape(t), shape_of(want) + " " + layout);
 }
 
 /// The inverse of to_file; the tensor's shape must be the permuted extents.
@@ -111,8 +108,6 @@ std::vector<long> extents_of(View const& v) {
 
 }  // namespace detail
 
-/// The shape of a tensor, as longs (for checks and extents).
-inline std::vector<long> tensor_shape(safetensors::Tensor const& t) { return {t.shape.begin(), t.shape.end()}; }
 
 /// A sequence (L, N, C) from / as a channels-first tensor (N, C, L).
 template <class View>

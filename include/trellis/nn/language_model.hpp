@@ -26,6 +26,7 @@
 #include <trellis/nn/linear.hpp>
 #include <trellis/nn/mixture_of_softmaxes.hpp>
 #include <trellis/nn/parameter_list.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -183,9 +184,7 @@ class LanguageModel {
     std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
     auto uniform = [&](auto const& view, double bound) {
       std::uniform_real_distribution<double> u(-bound, bound);
-      auto h = Kokkos::create_mirror_view(view);
-      for (std::size_t i = 0; i < h.span(); ++i) h.data()[i] = Scalar(u(rng));
-      Kokkos::deep_copy(view, h);
+      detail::fill_on_host(view, [&] { return u(rng); });
     };
     uniform(encoder_.weight, 0.1);
     if (config_.n_experts > 0) {
@@ -200,9 +199,7 @@ class LanguageModel {
   void prepare(long L, long N) {
     if (L == L_ && N == N_) return;
     auto const& s = config_.core;
-    auto alloc = [](char const* name) {
-      return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("trellis::LanguageModel::") + name);
-    };
+    auto alloc = [](char const* name) { return detail::uninitialized("trellis::LanguageModel::", name); };
     L_ = L;
     N_ = N;
     x_ = sequence(alloc("x"), L, N, s.ninp);
@@ -309,23 +306,11 @@ class LanguageModel {
   /// A token outside [0, ntoken) would index past the embedding or the softmax: an error
   /// naming the first such position and its value.
   void check_tokens(ExecutionSpace const& space, char const* call, char const* name, tokens_view t) const {
-    long const N = long(t.extent(1)), count = long(t.extent(0)) * N, V = config_.ntoken;
-    long first = count;
-    Kokkos::parallel_reduce(
-        "trellis::LanguageModel::check_tokens", Kokkos::RangePolicy<ExecutionSpace>(space, 0, count),
-        KOKKOS_LAMBDA(long i, long& lowest) {
-          int const v = t(i / N, i % N);
-          if ((v < 0 || v >= V) && i < lowest) lowest = i;
-        },
-        Kokkos::Min<long>(first));
-    if (first < count) {
-      std::int32_t value = 0;
-      Kokkos::deep_copy(space, Kokkos::View<std::int32_t, Kokkos::HostSpace>(&value),
-                        Kokkos::subview(t, first / N, first % N));
-      space.fence();
+    long const N = long(t.extent(1)), V = config_.ntoken;
+    auto const [first, value] = detail::first_outside(space, "trellis::LanguageModel::check_tokens", t, V);
+    if (first < long(t.span()))
       detail::fail(call, ": ", name, "(", first / N, ", ", first % N, ") is ", value,
                    ", outside the vocabulary [0, ", V, ")");
-    }
   }
 
   /// alpha * mean(out_d^2) + beta * mean((raw_{t+1} - raw_t)^2) over the scored
@@ -385,8 +370,8 @@ class LanguageModel {
         });
   }
 
-  LanguageModelConfig config_;
  private:
+  LanguageModelConfig config_;
   core_type core_;
   Embedding<ExecutionSpace, Scalar> encoder_;
   Linear<ExecutionSpace, Scalar> decoder_;

@@ -16,6 +16,7 @@
 #include <trellis/errors.hpp>
 #include <trellis/nn/cross_entropy.hpp>
 #include <trellis/nn/linear.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -139,9 +140,7 @@ class MixtureOfSoftmaxes {
   void prepare(ExecutionSpace const& space, long R, long V) {
     (void)space;
     if (long(logits_.extent(0)) == R * experts_ && long(logits_.extent(1)) == V) return;
-    auto alloc = [](char const* name) {
-      return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("trellis::MixtureOfSoftmaxes::") + name);
-    };
+    auto alloc = [](char const* name) { return detail::uninitialized("trellis::MixtureOfSoftmaxes::", name); };
     long const m = experts_;
     prior_logits_ = matrix(alloc("prior_logits"), R, m);
     pi_ = matrix(alloc("pi"), R, m);

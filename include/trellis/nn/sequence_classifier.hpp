@@ -19,6 +19,7 @@
 #include <trellis/nn/dropout.hpp>
 #include <trellis/nn/linear.hpp>
 #include <trellis/nn/parameter_list.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis {
 
@@ -74,12 +75,8 @@ class SequenceClassifier {
     std::mt19937_64 rng(seed ^ 0x5851f42d4c957f2dull);
     double const b = 1.0 / std::sqrt(double(config_.core.nout));
     std::uniform_real_distribution<double> u(-b, b);
-    auto hw = Kokkos::create_mirror_view(linear_.weight);
-    for (std::size_t i = 0; i < hw.span(); ++i) hw.data()[i] = Scalar(u(rng));
-    Kokkos::deep_copy(linear_.weight, hw);
-    auto hb = Kokkos::create_mirror_view(linear_.bias);
-    for (std::size_t i = 0; i < hb.span(); ++i) hb.data()[i] = Scalar(u(rng));
-    Kokkos::deep_copy(linear_.bias, hb);
+    detail::fill_on_host(linear_.weight, [&] { return u(rng); });
+    detail::fill_on_host(linear_.bias, [&] { return u(rng); });
   }
 
   SequenceClassifierConfig const& config() const { return config_; }
@@ -122,9 +119,7 @@ class SequenceClassifier {
  private:
   void prepare(long L, long N) {
     if (L == L_ && N == N_) return;
-    auto alloc = [](char const* name) {
-      return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("trellis::SequenceClassifier::") + name);
-    };
+    auto alloc = [](char const* name) { return detail::uninitialized("trellis::SequenceClassifier::", name); };
     auto const& s = config_.core;
     L_ = L;
     N_ = N;
@@ -146,16 +141,9 @@ class SequenceClassifier {
     if (L == 0 || N == 0) detail::fail(call, ": x is ", detail::shape_of(x), ", need at least one step and sequence");
     detail::check_shape(call, "x", x, {L, N, long(config_.core.ninp)});
     detail::check_shape(call, "labels", labels, {N});
-    {
-      long first = N;
-      Kokkos::parallel_reduce(
-          "trellis::SequenceClassifier::check_labels", Kokkos::RangePolicy<ExecutionSpace>(space, 0, N),
-          KOKKOS_LAMBDA(long n, long& lowest) {
-            if ((labels(n) < 0 || labels(n) >= C) && n < lowest) lowest = n;
-          },
-          Kokkos::Min<long>(first));
-      if (first < N) detail::fail(call, ": labels(", first, ") is outside [0, ", C, ")");
-    }
+    if (long const first = detail::first_outside(space, "trellis::SequenceClassifier::check_labels", labels, C).first;
+        first < N)
+      detail::fail(call, ": labels(", first, ") is outside [0, ", C, ")");
     prepare(L, N);
     elementwise_dropout(space, x, masks.input, x_);
     core_.forward(space, x_, state_, state_, out_, h_new_, c_new_, aux_, cache_, masks.core);
@@ -191,8 +179,8 @@ class SequenceClassifier {
     return result;
   }
 
-  SequenceClassifierConfig config_;
  private:
+  SequenceClassifierConfig config_;
   core_type core_;
   Linear<ExecutionSpace, Scalar> linear_;
   typename core_type::cache_type cache_;

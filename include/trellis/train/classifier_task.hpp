@@ -79,10 +79,8 @@ class ClassifierTask {
     std::vector<long> idx(order_.begin() + batch_index * b, order_.begin() + (batch_index + 1) * b);
     auto const [x, labels] = gather(splits_.train, idx);
     auto const masks = model_.draw_masks(long(x.extent(0)), b, rng);
-    model_.zero_gradients(space_);
-    auto const r = model_.train_step(space_, x, labels, masks);
-    clip_grad_norm(space_, optimizer_.parameters(), options_.clip);
-    optimizer_.step(space_);
+    auto const r = optimizer_step(space_, model_, optimizer_, options_.clip,
+                                  [&] { return model_.train_step(space_, x, labels, masks); });
     return StepResult{r.total, r.nll_sum, r.count, r.correct};
   }
 

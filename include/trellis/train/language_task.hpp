@@ -79,10 +79,9 @@ class LanguageTask {
     auto const [tokens, targets] = segment(train_, seg, options_.batch_size);
     if (seg.reset_state) reset(state_);
     auto const masks = model_.draw_masks(options_.batch_size, rng);
-    model_.zero_gradients(space_);
-    auto const r = model_.train_step(space_, tokens, targets, seg.scored_from, state_, masks);
-    clip_grad_norm(space_, optimizer_.parameters(), options_.clip);
-    optimizer_.step(space_);
+    auto const r = optimizer_step(space_, model_, optimizer_, options_.clip, [&] {
+      return model_.train_step(space_, tokens, targets, seg.scored_from, state_, masks);
+    });
     return StepResult{r.total, r.nll_sum, r.count, 0};
   }
 

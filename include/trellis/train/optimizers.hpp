@@ -146,12 +146,25 @@ class Optimizer {
         });
   }
 
+ private:
   Kind kind_;
   ParameterList<memory_space, Scalar> params_;
   OptimizerOptions options_;
- private:
   std::map<std::string, flat_view> state_;
   long steps_ = 0;
 };
+
+/// One update of a model: zero its gradients, run `loss_and_gradients` (a model's
+/// train_step, which accumulates them), clip their global norm, step the optimiser.
+/// Returns what `loss_and_gradients` returned.
+template <class Exec, class Model, class Scalar, class F>
+auto optimizer_step(Exec const& space, Model& model, Optimizer<Exec, Scalar>& optimizer, double clip,
+                    F&& loss_and_gradients) {
+  model.zero_gradients(space);
+  auto const result = loss_and_gradients();
+  clip_grad_norm(space, optimizer.parameters(), clip);
+  optimizer.step(space);
+  return result;
+}
 
 }  // namespace trellis

@@ -11,6 +11,7 @@
 #include <trellis/core/structure.hpp>
 #include <trellis/detail/kernel_shape.hpp>
 #include <trellis/errors.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis::detail {
 
@@ -76,9 +77,7 @@ struct StructureOps<Dense, Exec, Scalar> {
     if (c.weight1.extent(0) == std::size_t(kernels) && c.weight1.extent(2) == std::size_t(2 * p) &&
         c.weight2.extent(2) == std::size_t(2 * q) && c.weight2.extent(1) == std::size_t(G * q))
       return;
-    auto alloc = [&](char const* name) {
-      return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
-    };
+    auto alloc = [&](char const* name) { return uninitialized(space, "trellis::TrellisCache::", name); };
     using matrices = typename scratch_type::matrices;
     using rows = typename scratch_type::rows;
     c.weight1 = matrices(alloc("weight1"), kernels, G * q, 2 * p);
@@ -106,9 +105,7 @@ struct StructureOps<Dense, Exec, Scalar> {
     if (c.weight_folded.extent(0) == std::size_t(kernels) && c.weight_folded.extent(1) == std::size_t(rows) &&
         c.weight_folded.extent(2) == std::size_t(width))
       return;
-    auto alloc = [&](char const* name) {
-      return Kokkos::view_alloc(space, Kokkos::WithoutInitializing, std::string("trellis::TrellisCache::") + name);
-    };
+    auto alloc = [&](char const* name) { return uninitialized(space, "trellis::TrellisCache::", name); };
     c.weight_folded = typename scratch_type::matrices(alloc("weight_folded"), kernels, rows, width);
     c.d_weight_folded = typename scratch_type::matrices(alloc("d_weight_folded"), kernels, rows, width);
   }

@@ -14,6 +14,7 @@
 #include <trellis/core/shape.hpp>
 #include <trellis/core/structure.hpp>
 #include <trellis/errors.hpp>
+#include <trellis/detail/views.hpp>
 
 namespace trellis::detail {
 
@@ -40,14 +41,10 @@ struct StructureOps<RnnSparse, Exec, Scalar> {
   static void initialize(parameters_type const& p, TrellisShape const&, std::uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> normal(0.0, 0.01);
-    auto fill = [&](auto const& view) {
-      auto host = Kokkos::create_mirror_view(view);
-      for (std::size_t i = 0; i < host.span(); ++i) host.data()[i] = Scalar(normal(rng));
-      Kokkos::deep_copy(view, host);
-    };
-    fill(p.recurrent);
-    fill(p.upward);
-    fill(p.input);
+    auto draw = [&] { return normal(rng); };
+    fill_on_host(p.recurrent, draw);
+    fill_on_host(p.upward, draw);
+    fill_on_host(p.input, draw);
   }
 
   static void check_masks(char const* call, TrellisShape const& s, int, int, masks_type const& m) {
