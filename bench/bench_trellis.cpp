@@ -51,14 +51,7 @@ std::vector<Config> configs() {
 }
 
 trellis::TrellisShape shape_of(Config const& c) {
-  trellis::TrellisShape s;
-  s.ninp = c.ninp;
-  s.nhid = c.nhid;
-  s.nout = c.nout;
-  s.nlevels = c.nlevels;
-  s.dilation = c.dilation;
-  s.weight_norm = true;
-  return s;
+  return {.ninp = c.ninp, .nhid = c.nhid, .nout = c.nout, .nlevels = c.nlevels, .dilation = c.dilation};
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "files.hpp"
 
 #include <trellis/data/batching.hpp>
 #include <trellis/data/idx.hpp>
@@ -28,33 +31,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// A fresh folder per use, removed afterwards; the pid keeps the threads1 and threads2
-/// runs of this binary, which ctest may run at once, apart.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(std::string const& name) {
-    static int serial = 0;
-    path = fs::temp_directory_path() / "trellis-tests" /
-           ("data-" + std::to_string(::getpid()) + "-" + std::to_string(serial++) + "-" + name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(std::string const& name) const { return (path / name).string(); }
-};
-
-std::string read_bytes(std::string const& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(std::string const& path, std::string const& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
+using trellis::test::read_bytes;
+using trellis::test::TempDir;
+using trellis::test::write_bytes;
 
 void write_gz(std::string const& path, std::string const& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");
@@ -92,16 +71,19 @@ std::vector<std::uint8_t> noise(std::size_t n) {
   return v;
 }
 
-/// The message of the data_error that f throws ("" if it throws none).
+/// The split sizes (train, valid, test) and the image size of a data set.
+void check_splits(td::ImageSplits const& s, std::array<long, 3> counts, int rows, int cols) {
+  CHECK(s.train.count == counts[0]);
+  CHECK(s.valid.count == counts[1]);
+  CHECK(s.test.count == counts[2]);
+  CHECK(s.train.rows == rows);
+  CHECK(s.train.cols == cols);
+}
+
+/// The message of the data_error that f throws (a failed check if it throws none).
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (td::data_error const& e) {
-    return e.what();
-  }
-  FAIL_CHECK("no trellis::data::data_error was thrown");
-  return "";
+  return trellis::test::error_of<td::data_error>(f);
 }
 
 bool starts_with(std::string const& s, std::string const& prefix) { return s.rfind(prefix, 0) == 0; }
@@ -247,11 +229,7 @@ TEST_CASE("Fashion-MNIST: the last 5,000 training images are validation; errors 
   SUBCASE("the split") {
     write_fashion(dir, 5003, 5003);
     auto const s = td::load_fashion_mnist(root);
-    CHECK(s.train.count == 3);
-    CHECK(s.valid.count == 5000);
-    CHECK(s.test.count == 7);
-    CHECK(s.train.rows == 2);
-    CHECK(s.train.cols == 2);
+    check_splits(s, {3, 5000, 7}, 2, 2);
     CHECK(s.train.nclasses == 10);
     CHECK(s.train.pixels == std::vector<float>{0, 1, 1, 1, 1.f / 255, 1, 1, 1, 2.f / 255, 1, 1, 1});
     CHECK(s.train.labels == std::vector<std::int32_t>{0, 1, 2});
@@ -497,11 +475,7 @@ TEST_CASE("the real data sets, where present") {
   std::string const fashion = td::default_fashion_dir();
   if (fs::exists(fs::path(fashion) / "train-images-idx3-ubyte.gz")) {
     auto const s = td::load_fashion_mnist(fashion);
-    CHECK(s.train.count == 55000);
-    CHECK(s.valid.count == 5000);
-    CHECK(s.test.count == 10000);
-    CHECK(s.train.rows == 28);
-    CHECK(s.train.cols == 28);
+    check_splits(s, {55000, 5000, 10000}, 28, 28);
     CHECK(s.test.pixels.size() == 10000u * 784);
     CHECK(s.test.labels.size() == 10000u);
   } else {

@@ -65,14 +65,8 @@ void gradcheck_case(bool wnorm, bool masked) {
   CAPTURE(masked);
   Exec space;
   std::mt19937_64 rng(5);
-  trellis::TrellisShape s;
-  s.ninp = 2;
-  s.nhid = 3;
-  s.nout = 2;
-  s.nlevels = 4;
-  s.dilation = {1, 2};
-  s.aux_frequency = 2;
-  s.weight_norm = wnorm;
+  trellis::TrellisShape const s{
+      .ninp = 2, .nhid = 3, .nout = 2, .nlevels = 4, .dilation = {1, 2}, .aux_frequency = 2, .weight_norm = wnorm};
   using Network = trellis::TrellisNetwork<Exec, double, Tying, trellis::Dense, Activation>;
   Network net(space, s);
   randomize_parameters(net, rng, 0.6);
@@ -101,14 +95,8 @@ TEST_CASE_TEMPLATE_DEFINE("central finite differences agree with backward", Exec
 
 TEST_CASE("the naive reference's backward agrees with finite differences") {
   std::mt19937_64 rng(9);
-  trellis::TrellisShape s;
-  s.ninp = 2;
-  s.nhid = 2;
-  s.nout = 2;
-  s.nlevels = 3;
-  s.dilation = {1, 2};
-  s.aux_frequency = 2;
-  s.weight_norm = true;
+  trellis::TrellisShape const s{
+      .ninp = 2, .nhid = 2, .nout = 2, .nlevels = 3, .dilation = {1, 2}, .aux_frequency = 2, .weight_norm = true};
   trellis::reference::NaiveTrellis<double> ref;
   ref.shape = s;
   long const rows = 4 * s.q();

@@ -52,15 +52,18 @@ typename Network::masks_type fixed_masks(Network const& net, long N, std::mt1993
   return m;
 }
 
+/// What a check ran on, for the failure messages.
+template <class Scalar, class Tying, class Activation>
+std::string describe(Case const& c, trellis::InjectionMode injection, std::string const& more) {
+  return std::string(c.name) + ", injection " + std::to_string(int(injection)) + ", " + Tying::name + ", " +
+         Activation::name + ", " + std::to_string(sizeof(Scalar)) + "-byte scalars, " + more;
+}
+
 template <class Exec, class Scalar, class Tying, class Activation = trellis::LSTMGating>
 Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::MathMode::strict,
                 trellis::InjectionMode injection = trellis::InjectionMode::automatic) {
-  CAPTURE(std::string(c.name));
-  CAPTURE(int(injection));
-  CAPTURE(std::string(Tying::name));
-  CAPTURE(std::string(Activation::name));
-  CAPTURE(sizeof(Scalar));
-  CAPTURE(int(math));
+  auto const what = describe<Scalar, Tying, Activation>(c, injection, "math " + std::to_string(int(math)));
+  INFO(what);
   Exec space;
   std::mt19937_64 rng(42);
   trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation> net(space, c.shape);
@@ -275,12 +278,8 @@ namespace {
 template <class Exec, class Scalar, class Tying, class Activation>
 void check_recomputation(Case const& c, int k,
                          trellis::InjectionMode injection = trellis::InjectionMode::automatic) {
-  CAPTURE(std::string(c.name));
-  CAPTURE(int(injection));
-  CAPTURE(std::string(Tying::name));
-  CAPTURE(std::string(Activation::name));
-  CAPTURE(sizeof(Scalar));
-  CAPTURE(k);
+  auto const what = describe<Scalar, Tying, Activation>(c, injection, "recompute interval " + std::to_string(k));
+  INFO(what);
   Exec space;
   std::mt19937_64 rng(5);
   using Network = trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation>;

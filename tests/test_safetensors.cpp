@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "files.hpp"
+
 #include <trellis/core/recurrent.hpp>
 #include <trellis/io/safetensors.hpp>
 
@@ -19,15 +21,8 @@ std::string temp_path(std::string const& name) {
   return (dir / name).string();
 }
 
-std::string read_bytes(std::string const& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(std::string const& path, std::string const& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
+using trellis::test::read_bytes;
+using trellis::test::write_bytes;
 
 /// A file whose header is `header` (JSON text) followed by `data_bytes` zero bytes.
 std::string raw_file(std::string const& header, std::size_t data_bytes) {

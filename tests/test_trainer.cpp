@@ -18,6 +18,7 @@
 #include <trellis/trellis.hpp>
 
 #include "backends.hpp"
+#include "files.hpp"
 
 using trellis::test::Backends;
 
@@ -102,14 +103,19 @@ trellis::TrainerCallbacks recording(Record& r) {
   return cb;
 }
 
-trellis::TrainerOptions step_options(long max_steps) {
+/// A run of `steps` steps with a curve row per step.
+trellis::TrainerOptions per_step(long steps, trellis::LrSchedule schedule = {}) {
   trellis::TrainerOptions o;
-  o.max_steps = max_steps;
+  o.max_steps = steps;
   o.log_every = 1;
+  o.schedule = schedule;
+  return o;
+}
+
+/// The resumption runs': a halving after epoch 1, a configuration to match.
+trellis::TrainerOptions step_options(long max_steps) {
+  auto o = per_step(max_steps, {.kind = trellis::LrSchedule::Kind::steps, .milestones = {1}, .gamma = 0.5});
   o.seed = 17;
-  o.schedule.kind = trellis::LrSchedule::Kind::steps;
-  o.schedule.milestones = {1};
-  o.schedule.gamma = 0.5;
   o.configuration = {{"task", "test"}};
   return o;
 }
@@ -254,10 +260,8 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: annealing takes lr linearly to zero over the
   Exec space;
   ScriptedTask<Exec> task({1.0}, 100);
   task.opt.set_lr(0.4);
-  trellis::TrainerOptions o;
-  o.max_steps = 8;
+  auto o = per_step(8);
   o.anneal = 0.5;
-  o.log_every = 1;
   Record r;
   trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
   trainer.run();
@@ -274,13 +278,12 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: the plateau and step schedules", Exec, sched
   SUBCASE("plateau: lr halves after more than `patience` validations without improvement") {
     ScriptedTask<Exec> task({3, 2, 2.5, 2.5, 1, 1, 1}, 100);
     task.opt.set_lr(1);
-    trellis::TrainerOptions o;
-    o.max_steps = 7;
-    o.log_every = 1;
+    trellis::LrSchedule plateau;
+    plateau.kind = trellis::LrSchedule::Kind::plateau;
+    plateau.factor = 0.5;
+    plateau.patience = 1;
+    auto o = per_step(7, plateau);
     o.eval_every_seconds = 0;  // a validation after every step
-    o.schedule.kind = trellis::LrSchedule::Kind::plateau;
-    o.schedule.patience = 1;
-    o.schedule.factor = 0.5;
     Record r;
     trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
     trainer.run();
@@ -294,14 +297,10 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: the plateau and step schedules", Exec, sched
   SUBCASE("steps: lr scales by gamma after each milestone epoch") {
     ScriptedTask<Exec> task({5}, 2);
     task.opt.set_lr(1);
-    trellis::TrainerOptions o;
-    o.max_steps = 7;
-    o.log_every = 1;
-    o.schedule.kind = trellis::LrSchedule::Kind::steps;
-    o.schedule.milestones = {1, 3};
-    o.schedule.gamma = 0.1;
     Record r;
-    trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(space, task, o, recording(r));
+    trellis::Trainer<Exec, ScriptedTask<Exec>> trainer(
+        space, task, per_step(7, {.kind = trellis::LrSchedule::Kind::steps, .milestones = {1, 3}, .gamma = 0.1}),
+        recording(r));
     trainer.run();
     std::vector<double> const expected{1, 1, 0.1, 0.1, 0.1, 0.1, 0.01};
     REQUIRE(r.lrs.size() == expected.size());
@@ -385,12 +384,7 @@ TEST_CASE_TEMPLATE_APPLY(legacy, Backends);
 namespace {
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (std::exception const& e) {
-    return e.what();
-  }
-  return "";
+  return trellis::test::error_of<std::exception>(f);
 }
 bool has(std::string const& s, std::string const& part) { return s.find(part) != std::string::npos; }
 }  // namespace

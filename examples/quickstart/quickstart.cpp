@@ -76,13 +76,7 @@ int main(int argc, char** argv) {
   std::printf("trellis %s on %s (concurrency %d)\n", trellis::version_string, Exec::name(),
               int(space.concurrency()));
 
-  trellis::TrellisShape shape;
-  shape.ninp = 1;
-  shape.nhid = 24;
-  shape.nout = 8;
-  shape.nlevels = 6;
-  shape.dilation = {1, 2};
-  shape.weight_norm = true;
+  trellis::TrellisShape const shape{.ninp = 1, .nhid = 24, .nout = 8, .nlevels = 6, .dilation = {1, 2}};
   long const L = 48, N = 16;
   Net net(space, shape);
   std::printf("TrellisNet: %s\n", shape.describe().c_str());

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -89,14 +90,11 @@ inline float half_to_float(std::uint16_t h) {
   } else {
     bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
   }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return std::bit_cast<float>(bits);
 }
 
 inline std::uint16_t float_to_half(float f) {  // round to nearest even
-  std::uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  auto const bits = std::bit_cast<std::uint32_t>(f);
   std::uint32_t const sign = (bits >> 16) & 0x8000u;
   std::uint32_t const abs = bits & 0x7fffffffu;
   if (abs >= 0x7f800000u) return std::uint16_t(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
@@ -116,16 +114,10 @@ inline std::uint16_t float_to_half(float f) {  // round to nearest even
   return std::uint16_t(sign | h);
 }
 
-inline float bf16_to_float(std::uint16_t b) {
-  std::uint32_t const bits = std::uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+inline float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
 
 inline std::uint16_t float_to_bf16(float f) {  // round to nearest even
-  std::uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  auto const bits = std::bit_cast<std::uint32_t>(f);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((bits >> 16) | 0x40u);  // NaN
   std::uint32_t const lsb = (bits >> 16) & 1u;
   return std::uint16_t((bits + 0x7fffu + lsb) >> 16);

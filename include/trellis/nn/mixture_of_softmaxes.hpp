@@ -20,6 +20,24 @@
 
 namespace trellis {
 
+namespace detail {
+
+/// f(r, j, m) for every latent element h(r, j), with m its variational mask (the
+/// mask's row for sequence r % batch; 1 without a mask).
+template <class Exec, class H, class Mask, class F>
+void for_each_latent(char const* label, Exec const& space, H const& h, Mask const& mask, long batch, F const& f) {
+  using Scalar = typename H::non_const_value_type;
+  long const width = long(h.extent(1));
+  bool const masked = mask.extent(0) > 0;
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<Exec>(space, 0, long(h.extent(0))), KOKKOS_LAMBDA(long r) {
+        long const n = r % batch;
+        for (long j = 0; j < width; ++j) f(r, j, masked ? mask(n, j) : Scalar(1));
+      });
+}
+
+}  // namespace detail
+
 template <class ExecutionSpace, class Scalar>
 class MixtureOfSoftmaxes {
  public:
@@ -48,28 +66,21 @@ class MixtureOfSoftmaxes {
     if (decoder.in() != p) detail::fail(call, ": the decoder takes ", decoder.in(), " inputs, the experts give ", p);
     detail::check_shape(call, "targets", targets, {R});
     if (latent_mask.extent(0) > 0) detail::check_shape(call, "latent_mask", latent_mask, {batch, m * p});
+    bool const want_grad = scale != Scalar(0), want_lp = log_probs.extent(0) > 0;
+    if (want_lp) detail::check_shape(call, "log_probs", log_probs, {R, V});
     prepare(space, R, V);
     prior.forward(space, x, prior_logits_, math);
     latent.forward(space, x, hidden_, math);
     {
       auto const h = hidden_;
-      auto const mask = latent_mask;
-      bool const masked = mask.extent(0) > 0;
-      long const width = m * p;
-      Kokkos::parallel_for(
-          "trellis::MixtureOfSoftmaxes::latent", Kokkos::RangePolicy<ExecutionSpace>(space, 0, R),
-          KOKKOS_LAMBDA(long r) {
-            long const n = r % batch;
-            for (long j = 0; j < width; ++j) h(r, j) = detail::tanh(masked ? h(r, j) * mask(n, j) : h(r, j));
-          });
+      detail::for_each_latent("trellis::MixtureOfSoftmaxes::latent", space, h, latent_mask, batch,
+                              KOKKOS_LAMBDA(long r, long j, Scalar mask) { h(r, j) = detail::tanh(h(r, j) * mask); });
     }
     matrix const h_rows(hidden_.data(), R * m, p);
     decoder.forward(space, h_rows, logits_, math);
 
     auto const logits = logits_, pl = prior_logits_, pi = pi_, dprior = d_prior_;
     auto const mx = row_max_, sm = row_sum_;
-    bool const want_grad = scale != Scalar(0), want_lp = log_probs.extent(0) > 0;
-    if (want_lp) detail::check_shape(call, "log_probs", log_probs, {R, V});
     double loss = 0;
     Kokkos::parallel_reduce(
         call, Kokkos::RangePolicy<ExecutionSpace>(space, 0, R),
@@ -116,18 +127,10 @@ class MixtureOfSoftmaxes {
     decoder.backward(space, h_rows, logits_, d_hidden_rows(R), Scalar(0), math);
     {
       auto const h = hidden_, dh = d_hidden_;
-      auto const mask = latent_mask;
-      bool const masked = mask.extent(0) > 0;
-      long const width = m * p;
-      Kokkos::parallel_for(
-          "trellis::MixtureOfSoftmaxes::latent_backward", Kokkos::RangePolicy<ExecutionSpace>(space, 0, R),
-          KOKKOS_LAMBDA(long r) {
-            long const n = r % batch;
-            for (long j = 0; j < width; ++j) {
-              Scalar const d = dh(r, j) * (Scalar(1) - h(r, j) * h(r, j));
-              dh(r, j) = masked ? d * mask(n, j) : d;
-            }
-          });
+      detail::for_each_latent("trellis::MixtureOfSoftmaxes::latent_backward", space, h, latent_mask, batch,
+                              KOKKOS_LAMBDA(long r, long j, Scalar mask) {
+                                dh(r, j) = dh(r, j) * (Scalar(1) - h(r, j) * h(r, j)) * mask;
+                              });
     }
     latent.backward(space, x, d_hidden_, dx, Scalar(0), math);
     prior.backward(space, x, d_prior_, dx, Scalar(1), math);

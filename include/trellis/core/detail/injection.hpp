@@ -74,13 +74,20 @@ struct CoreStep {
   int kernel_of(int level) const { return Net::weight_tying::kernel_of(level); }
 };
 
+/// The names both strategies use.
 template <class Net>
-struct SeparateInjection {
+struct InjectionTypes {
   using Step = CoreStep<Net>;
   using Scalar = typename Net::scalar_type;
   using Mem = typename Net::memory_space;
   using Exec = typename Net::execution_space;
   using ops = typename Net::structure_ops;
+};
+
+template <class Net>
+struct SeparateInjection : InjectionTypes<Net> {
+  using typename InjectionTypes<Net>::Step, typename InjectionTypes<Net>::Scalar, typename InjectionTypes<Net>::Mem,
+      typename InjectionTypes<Net>::Exec, typename InjectionTypes<Net>::ops;
 
   /// U of slot s (its dilation and kernel) from the cached input.
   template <class UV>
@@ -155,12 +162,9 @@ struct SeparateInjection {
 };
 
 template <class Net>
-struct FoldedInjection {
-  using Step = CoreStep<Net>;
-  using Scalar = typename Net::scalar_type;
-  using Mem = typename Net::memory_space;
-  using Exec = typename Net::execution_space;
-  using ops = typename Net::structure_ops;
+struct FoldedInjection : InjectionTypes<Net> {
+  using typename InjectionTypes<Net>::Step, typename InjectionTypes<Net>::Scalar, typename InjectionTypes<Net>::Mem,
+      typename InjectionTypes<Net>::Exec, typename InjectionTypes<Net>::ops;
 
   static void begin_forward(Step& st) {
     ops::fold_weights(st.space, st.cache.weights);

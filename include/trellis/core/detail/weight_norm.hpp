@@ -21,6 +21,11 @@ struct WeightNormArgs {
   matrices drop;      // (kernels, rows, in): mask on tap 0, empty when off
   matrices w;         // (kernels, rows, 2 * in): the effective weight
   rows norm;          // (kernels, rows): ||vd_r||
+
+  /// M at column col of row r of kernel k: the drop mask on tap 0, 1 elsewhere.
+  KOKKOS_INLINE_FUNCTION Scalar mask(long k, long r, int col) const {
+    return (drop.extent(0) > 0 && col < int(v.extent(2)) / 2) ? drop(k, r, col) : Scalar(1);
+  }
 };
 
 /// One team per weight row: on GPUs the team's threads stride its columns together
@@ -34,18 +39,26 @@ Kokkos::TeamPolicy<Exec> row_teams(Exec const& space, long rows) {
     return Kokkos::TeamPolicy<Exec>(space, rows, Kokkos::AUTO);
 }
 
-template <class Exec, class Scalar, class MemorySpace>
-void weight_norm_forward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a) {
-  auto const v = a.v, w = a.w, drop = a.drop;
-  auto const g = a.g, norm = a.norm;
-  int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
-  bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
+/// f(team, k, r) for row r of kernel k, every row of every kernel of a.v, a team each.
+template <class Exec, class Scalar, class MemorySpace, class F>
+void for_each_weight_row(char const* label, Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a,
+                         F const& f) {
+  long const rows = long(a.v.extent(1));
   using member = typename Kokkos::TeamPolicy<Exec>::member_type;
   Kokkos::parallel_for(
-      "trellis::weight_norm_forward", row_teams(space, long(v.extent(0)) * rows),
-      KOKKOS_LAMBDA(member const& team) {
-        long const k = team.league_rank() / rows, r = team.league_rank() % rows;
-        auto vd = [&](int col) { return (dropped && col < in) ? v(k, r, col) * drop(k, r, col) : v(k, r, col); };
+      label, row_teams(space, long(a.v.extent(0)) * rows),
+      KOKKOS_LAMBDA(member const& team) { f(team, team.league_rank() / rows, team.league_rank() % rows); });
+}
+
+template <class Exec, class Scalar, class MemorySpace>
+void weight_norm_forward(Exec const& space, WeightNormArgs<Scalar, MemorySpace> const& a) {
+  auto const w = a.w, norm = a.norm;
+  for_each_weight_row(
+      "trellis::weight_norm_forward", space, a, KOKKOS_LAMBDA(auto const& team, long k, long r) {
+        int const width = int(a.v.extent(2));
+        bool const wnorm = a.g.extent(0) > 0;
+        auto const g = a.g;
+        auto vd = [&](int col) { return a.v(k, r, col) * a.mask(k, r, col); };
         if (!wnorm) {
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width), [&](int col) { w(k, r, col) = vd(col); });
           return;
@@ -70,16 +83,12 @@ void weight_norm_backward(Exec const& space, WeightNormArgs<Scalar, MemorySpace>
                           typename WeightNormArgs<Scalar, MemorySpace>::matrices const& dw,
                           typename WeightNormArgs<Scalar, MemorySpace>::matrices const& dv,
                           typename WeightNormArgs<Scalar, MemorySpace>::rows const& dg) {
-  auto const v = a.v, drop = a.drop;
-  auto const g = a.g, norm = a.norm;
-  int const rows = int(v.extent(1)), width = int(v.extent(2)), in = width / 2;
-  bool const wnorm = g.extent(0) > 0, dropped = drop.extent(0) > 0;
-  using member = typename Kokkos::TeamPolicy<Exec>::member_type;
-  Kokkos::parallel_for(
-      "trellis::weight_norm_backward", row_teams(space, long(v.extent(0)) * rows),
-      KOKKOS_LAMBDA(member const& team) {
-        long const k = team.league_rank() / rows, r = team.league_rank() % rows;
-        auto mask = [&](int col) { return (dropped && col < in) ? drop(k, r, col) : Scalar(1); };
+  for_each_weight_row(
+      "trellis::weight_norm_backward", space, a, KOKKOS_LAMBDA(auto const& team, long k, long r) {
+        auto const v = a.v, g = a.g, norm = a.norm;
+        int const width = int(v.extent(2));
+        bool const wnorm = g.extent(0) > 0;
+        auto mask = [&](int col) { return a.mask(k, r, col); };
         if (!wnorm) {
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, width),
                                [&](int col) { dv(k, r, col) += mask(col) * dw(k, r, col); });
