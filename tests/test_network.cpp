@@ -87,18 +87,13 @@ Pass check_case(Case const& c, trellis::blas::MathMode math = trellis::blas::Mat
 // Two passes of the same inputs by two dense networks (or modes): every output and
 // gradient within tol.
 void check_same_pass(Pass const& b, Pass const& a, double tol) {
-  check_close("out", b.out, a.out, tol);
-  check_close("h", b.h, a.h, tol);
-  check_close("c", b.c, a.c, tol);
-  check_close("aux", b.aux, a.aux, tol);
-  check_close("dx", b.dx, a.dx, tol);
-  check_close("dh0", b.dh0, a.dh0, tol);
-  check_close("dc0", b.dc0, a.dc0, tol);
-  check_close("d weight1", b.g_weight1, a.g_weight1, tol);
-  check_close("d weight1_g", b.g_weight1_g, a.g_weight1_g, tol);
-  check_close("d weight2", b.g_weight2, a.g_weight2, tol);
-  check_close("d weight2_g", b.g_weight2_g, a.g_weight2_g, tol);
-  check_close("d bias2", b.g_bias2, a.g_bias2, tol);
+  using Field = std::vector<double> Pass::*;
+  std::pair<char const*, Field> const fields[] = {
+      {"out", &Pass::out}, {"h", &Pass::h}, {"c", &Pass::c}, {"aux", &Pass::aux}, {"dx", &Pass::dx},
+      {"dh0", &Pass::dh0}, {"dc0", &Pass::dc0}, {"d weight1", &Pass::g_weight1},
+      {"d weight1_g", &Pass::g_weight1_g}, {"d weight2", &Pass::g_weight2}, {"d weight2_g", &Pass::g_weight2_g},
+      {"d bias2", &Pass::g_bias2}};
+  for (auto const& [name, field] : fields) check_close(name, b.*field, a.*field, tol);
 }
 
 }  // namespace

@@ -15,6 +15,15 @@ namespace trellis {
 
 namespace detail {
 
+/// The sum over rows r < R of what f(r, sum) adds to sum, in double: a loss summed
+/// over the scored positions.
+template <class Exec, class F>
+double sum_over_rows(char const* label, Exec const& space, long R, F const& f) {
+  double total = 0;
+  Kokkos::parallel_reduce(label, Kokkos::RangePolicy<Exec>(space, 0, R), f, total);
+  return total;
+}
+
 /// max and sum of exp(x - max) over columns [0, V) of row r: the log-sum-exp is
 /// max + log(sum); computed without overflow.
 template <class Matrix, class Scalar>
@@ -37,10 +46,8 @@ double softmax_cross_entropy(Exec const& space, Logits const& logits, Targets co
   bool const want_log_probs = log_probs.extent(0) > 0;
   if (want_log_probs) detail::check_shape(call, "log_probs", log_probs, {R, V});
   bool const want_grad = scale != Scalar(0);
-  double loss = 0;
-  Kokkos::parallel_reduce(
-      call, Kokkos::RangePolicy<Exec>(space, 0, R),
-      KOKKOS_LAMBDA(long r, double& sum) {
+  return detail::sum_over_rows(
+      call, space, R, KOKKOS_LAMBDA(long r, double& sum) {
         Scalar m, s;
         detail::row_softmax_stats(logits, r, V, m, s);
         Scalar const lse = m + detail::log(s);
@@ -53,9 +60,7 @@ double softmax_cross_entropy(Exec const& space, Logits const& logits, Targets co
           for (long v = 0; v < V; ++v) logits(r, v) = scale * detail::exp(logits(r, v) - m) * inv;
           logits(r, y) -= scale;
         }
-      },
-      loss);
-  return loss;
+      });
 }
 
 }  // namespace trellis

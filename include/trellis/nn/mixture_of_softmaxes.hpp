@@ -81,10 +81,8 @@ class MixtureOfSoftmaxes {
 
     auto const logits = logits_, pl = prior_logits_, pi = pi_, dprior = d_prior_;
     auto const mx = row_max_, sm = row_sum_;
-    double loss = 0;
-    Kokkos::parallel_reduce(
-        call, Kokkos::RangePolicy<ExecutionSpace>(space, 0, R),
-        KOKKOS_LAMBDA(long r, double& sum) {
+    double const loss = detail::sum_over_rows(
+        call, space, R, KOKKOS_LAMBDA(long r, double& sum) {
           Scalar pm, ps;
           detail::row_softmax_stats(pl, r, m, pm, ps);
           for (long e = 0; e < m; ++e) pi(r, e) = detail::exp(pl(r, e) - pm) / ps;
@@ -120,8 +118,7 @@ class MixtureOfSoftmaxes {
             }
             for (long e = 0; e < m; ++e) dprior(r, e) = pi(r, e) * (dprior(r, e) - total);
           }
-        },
-        loss);
+        });
     if (!want_grad) return loss;
 
     decoder.backward(space, h_rows, logits_, d_hidden_rows(R), Scalar(0), math);
