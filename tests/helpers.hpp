@@ -90,11 +90,11 @@ inline std::vector<double> slice(std::vector<double> const& v, long k, long size
 
 /// A NaiveTrellis with the network's parameters and masks.
 template <class Network>
-reference::NaiveTrellis<double> naive_copy(Network const& net,
+naive::NaiveTrellis<double> naive_copy(Network const& net,
                                            typename Network::masks_type const& masks = {}) {
   auto const& s = net.shape();
   long const G = Network::groups, q = s.q(), p = s.ninp, rows = G * q;
-  reference::NaiveTrellis<double> ref;
+  naive::NaiveTrellis<double> ref;
   ref.shape = s;
   ref.activation = Network::activation::name;
   ref.tied = Network::weight_tying::tied;
@@ -102,7 +102,7 @@ reference::NaiveTrellis<double> naive_copy(Network const& net,
   auto w1 = to_host(P.weight1), w2 = to_host(P.weight2), b = to_host(P.bias2);
   auto g1 = to_host(P.weight1_g), g2 = to_host(P.weight2_g);
   for (long k = 0; k < net.kernels(); ++k) {
-    reference::NaiveKernel<double> kern;
+    naive::NaiveKernel<double> kern;
     kern.weight1 = to_reference_layout(w1, k, rows, p);
     kern.weight2 = to_reference_layout(w2, k, rows, q);
     kern.bias2 = slice(b, k, rows);

@@ -74,7 +74,7 @@ TEST_CASE("trellis from-rnn reproduces a truncated PyTorch-style LSTM") {
   st::write((dir / "x.safetensors").string(), xin);
   std::string const common = "--state-dict " + (dir / "sd.safetensors").string() + " --cell lstm --history " +
                              std::to_string(L) + " --input " + (dir / "x.safetensors").string();
-  auto const want = trellis::reference::run_truncated(w, x, T, N, L);
+  auto const want = trellis::naive::run_truncated(w, x, T, N, L);
 
   for (std::string precision : {"fp64", "fp32"}) {
     CAPTURE(precision);

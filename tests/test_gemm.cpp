@@ -27,7 +27,7 @@ void check_gemm(Op op_a, Op op_b, long m, long n, long k, double alpha, double b
   from_host(C, c);
   from_host(Cref, c);
   trellis::blas::gemm(space, op_a, op_b, Scalar(alpha), A, B, Scalar(beta), C);
-  trellis::blas::reference_gemm(space, op_a, op_b, Scalar(alpha), A, B, Scalar(beta), Cref);
+  trellis::blas::naive_gemm(space, op_a, op_b, Scalar(alpha), A, B, Scalar(beta), Cref);
   std::vector<double> want(m * n);
   for (long i = 0; i < m; ++i)
     for (long j = 0; j < n; ++j) {
@@ -38,7 +38,7 @@ void check_gemm(Op op_a, Op op_b, long m, long n, long k, double alpha, double b
     }
   double const tol = 4 * epsilon<Scalar>() * (k + 2);
   check_close("gemm", to_host(C), want, tol);
-  check_close("reference_gemm", to_host(Cref), want, tol);
+  check_close("naive_gemm", to_host(Cref), want, tol);
 }
 
 /// Round to the nearest bfloat16, ties to even (what AMX and cuBLAS do to the operands).
@@ -162,7 +162,7 @@ TEST_CASE_TEMPLATE_DEFINE("gemm on column blocks of a row-major matrix", Exec, g
   auto A = Kokkos::subview(big, Kokkos::ALL, std::make_pair(3, 7));
   auto C = Kokkos::subview(Cbig, Kokkos::ALL, std::make_pair(2, 5));
   trellis::blas::gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, C);
-  trellis::blas::reference_gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, Cref);
+  trellis::blas::naive_gemm(space, Op::none, Op::none, 1.0, A, B, 0.0, Cref);
   std::vector<double> want(6 * 3, 0);
   for (int i = 0; i < 6; ++i)
     for (int j = 0; j < 3; ++j)

@@ -97,10 +97,10 @@ TEST_CASE("the naive reference's backward agrees with finite differences") {
   std::mt19937_64 rng(9);
   trellis::TrellisShape const s{
       .ninp = 2, .nhid = 2, .nout = 2, .nlevels = 3, .dilation = {1, 2}, .aux_frequency = 2, .weight_norm = true};
-  trellis::reference::NaiveTrellis<double> ref;
+  trellis::naive::NaiveTrellis<double> ref;
   ref.shape = s;
   long const rows = 4 * s.q();
-  trellis::reference::NaiveKernel<double> k;
+  trellis::naive::NaiveKernel<double> k;
   k.weight1 = random_vector(rows * s.ninp * 2, rng);
   k.weight2 = random_vector(rows * s.q() * 2, rng);
   k.bias2 = random_vector(rows, rng);

@@ -79,34 +79,34 @@ void core_matches_pytorch(std::string const& name) {
   typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q);
   typename Net::state_view dh0("dh0", N, q), dc0("dc0", N, q), d_h("d_h", N, q), d_c("d_c", N, q);
   typename Net::aux_view aux("aux", A, L, N, shape.nout), d_aux("d_aux", A, L, N, shape.nout);
-  trellis::sequence_from_reference(x, xt, name, "x");
-  trellis::state_from_reference(h0, f.in("h"), name, "h");
-  trellis::state_from_reference(c0, f.in("c"), name, "c");
+  trellis::sequence_from_torch(x, xt, name, "x");
+  trellis::state_from_torch(h0, f.in("h"), name, "h");
+  trellis::state_from_torch(c0, f.in("c"), name, "c");
   typename Net::cache_type cache;
   net.forward(space, x, h0, c0, out, h, c, aux, cache);
 
   auto const t = tag<Scalar>();
   double const tol = tolerance<Scalar>();
   auto const F64 = st::DType::F64;
-  check("out", trellis::output_to_reference(out, F64), f.want(t + "out"), tol);
-  check("h", trellis::state_to_reference(h, F64), f.want(t + "h"), tol);
-  check("c", trellis::state_to_reference(c, F64), f.want(t + "c"), tol);
-  check("aux", trellis::aux_to_reference(aux, F64), f.want(t + "aux"), tol);
+  check("out", trellis::output_to_torch(out, F64), f.want(t + "out"), tol);
+  check("h", trellis::state_to_torch(h, F64), f.want(t + "h"), tol);
+  check("c", trellis::state_to_torch(c, F64), f.want(t + "c"), tol);
+  check("aux", trellis::aux_to_torch(aux, F64), f.want(t + "aux"), tol);
 
   // The loss sum(out r_out) + sum(h r_h) + sum(c r_c) + sum(aux r_aux).
-  trellis::output_from_reference(d_out, f.want("r_out"), name, "r_out");
-  trellis::state_from_reference(d_h, f.want("r_h"), name, "r_h");
-  trellis::state_from_reference(d_c, f.want("r_c"), name, "r_c");
-  trellis::aux_from_reference(d_aux, f.want("r_aux"), name, "r_aux");
+  trellis::output_from_torch(d_out, f.want("r_out"), name, "r_out");
+  trellis::state_from_torch(d_h, f.want("r_h"), name, "r_h");
+  trellis::state_from_torch(d_c, f.want("r_c"), name, "r_c");
+  trellis::aux_from_torch(d_aux, f.want("r_aux"), name, "r_aux");
   net.zero_gradients(space);
   net.backward(space, cache, d_out, d_h, d_c, d_aux, dx, dh0, dc0);
   st::File grads;
   trellis::write_core_tensors(grads, "full_conv.", net.gradients(), shape.weight_norm, false, F64);
   CHECK(grads.tensors.size() == (shape.weight_norm ? 5u : 3u));
   for (auto const& [key, g] : grads.tensors) check("grad " + key, g, f.want(t + "grad." + key), tol);
-  check("grad x", trellis::sequence_to_reference(dx, F64), f.want(t + "grad.x"), tol);
-  check("grad h0", trellis::state_to_reference(dh0, F64), f.want(t + "grad.h0"), tol);
-  check("grad c0", trellis::state_to_reference(dc0, F64), f.want(t + "grad.c0"), tol);
+  check("grad x", trellis::sequence_to_torch(dx, F64), f.want(t + "grad.x"), tol);
+  check("grad h0", trellis::state_to_torch(dh0, F64), f.want(t + "grad.h0"), tol);
+  check("grad c0", trellis::state_to_torch(dc0, F64), f.want(t + "grad.c0"), tol);
 }
 
 template <class Exec, class Scalar>
@@ -123,24 +123,24 @@ void language_model_matches_pytorch(std::string const& name) {
   long const N = tt.shape[0], L = tt.shape[1], V = config.ntoken;
   Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N),
       targets("targets", L, N);
-  trellis::tokens_from_reference(tokens, tt, V, name, "tokens");
-  trellis::tokens_from_reference(targets, f.want("targets"), V, name, "targets");
+  trellis::tokens_from_torch(tokens, tt, V, name, "tokens");
+  trellis::tokens_from_torch(targets, f.want("targets"), V, name, "targets");
 
   auto const t = tag<Scalar>();
   double const tol = tolerance<Scalar>();
   auto const F64 = st::DType::F64;
   auto start = [&] {
     auto s = lm.make_state(N);
-    trellis::state_from_reference(s.h, f.in("h"), name, "h");
-    trellis::state_from_reference(s.c, f.in("c"), name, "c");
+    trellis::state_from_torch(s.h, f.in("h"), name, "h");
+    trellis::state_from_torch(s.c, f.in("c"), name, "c");
     return s;
   };
   auto state = start();
   typename Model::matrix log_probs("log_probs", L * N, V);
   lm.evaluate(space, tokens, targets, 0, state, log_probs);
-  check("log_probs", trellis::rows_to_reference(log_probs, L, N, F64), f.want(t + "log_probs"), tol);
-  check("h", trellis::state_to_reference(state.h, F64), f.want(t + "h"), tol);
-  check("c", trellis::state_to_reference(state.c, F64), f.want(t + "c"), tol);
+  check("log_probs", trellis::rows_to_torch(log_probs, L, N, F64), f.want(t + "log_probs"), tol);
+  check("h", trellis::state_to_torch(state.h, F64), f.want(t + "h"), tol);
+  check("c", trellis::state_to_torch(state.c, F64), f.want(t + "c"), tol);
 
   auto train_state = start();
   std::mt19937_64 rng(1);
@@ -196,8 +196,8 @@ void training_matches_pytorch(std::string const& name) {
   std::mt19937_64 rng(1);
   double worst = 0;
   for (long s = 0; s < S; ++s) {
-    trellis::tokens_from_reference(tokens, slice(all_tokens, s), config.ntoken, name, "tokens");
-    trellis::tokens_from_reference(targets, slice(all_targets, s), config.ntoken, name, "targets");
+    trellis::tokens_from_torch(tokens, slice(all_tokens, s), config.ntoken, name, "tokens");
+    trellis::tokens_from_torch(targets, slice(all_targets, s), config.ntoken, name, "targets");
     lm.zero_gradients(space);
     auto const loss = lm.train_step(space, tokens, targets, 0, state, lm.draw_masks(N, rng));
     trellis::clip_grad_norm(space, params, clip);

@@ -62,11 +62,11 @@ void check_equivalence(RecurrentCell cell, int M, int L) {
     CAPTURE(T);
     auto x = random_vector(T * N * in, rng);
     auto y = run_forward(sparse, x, T, N);
-    double const err_truncated = difference(y, trellis::reference::run_truncated(w, x, T, N, L));
+    double const err_truncated = difference(y, trellis::naive::run_truncated(w, x, T, N, L));
     INFO("max |trellis - truncated RNN| = " << err_truncated);
     CHECK(err_truncated <= tol);
     if (T <= L) {
-      double const err_full = difference(y, trellis::reference::run_recurrent(w, x, T, N));
+      double const err_full = difference(y, trellis::naive::run_recurrent(w, x, T, N));
       INFO("max |trellis - RNN| = " << err_full);
       CHECK(err_full <= tol);
     }
@@ -98,7 +98,7 @@ TEST_CASE_TEMPLATE_DEFINE("the equivalence test fails when it should", Exec, neg
   auto shape = trellis::trellis_shape_for(w, L);
   std::mt19937_64 rng(3);
   auto x = random_vector(T * N * in, rng);
-  auto const want = trellis::reference::run_truncated(w, x, T, N, L);
+  auto const want = trellis::naive::run_truncated(w, x, T, N, L);
   using Sparse = RnnNet<Exec, double, trellis::RnnSparse, trellis::LSTMGating>;
   using DenseNet = RnnNet<Exec, double, trellis::Dense, trellis::LSTMGating>;
 

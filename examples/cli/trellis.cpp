@@ -190,20 +190,20 @@ void run_core(RunCommand const& a, Common const& common, trellis::safetensors::F
                                "(N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
   long const N = xt.shape[0], L = xt.shape[2], q = shape.q();
   typename Net::sequence_view x("x", L, N, shape.ninp), out("out", L, N, shape.nout);
-  trellis::sequence_from_reference(x, xt, a.input, "x");
+  trellis::sequence_from_torch(x, xt, a.input, "x");
   typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q);
-  if (input.has("h")) trellis::state_from_reference(h0, input.at(a.input, "h"), a.input, "h");
-  if (input.has("c")) trellis::state_from_reference(c0, input.at(a.input, "c"), a.input, "c");
+  if (input.has("h")) trellis::state_from_torch(h0, input.at(a.input, "h"), a.input, "h");
+  if (input.has("c")) trellis::state_from_torch(c0, input.at(a.input, "c"), a.input, "c");
   typename Net::aux_view aux;
   if (shape.naux() > 0) aux = typename Net::aux_view("aux", shape.naux(), L, N, shape.nout);
   typename Net::cache_type cache;
   net.forward(space, x, h0, c0, out, h, c, aux, cache);
   trellis::safetensors::File o;
   constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
-  o.tensors["out"] = trellis::output_to_reference(out, dtype);
-  o.tensors["h"] = trellis::state_to_reference(h, dtype);
-  o.tensors["c"] = trellis::state_to_reference(c, dtype);
-  if (shape.naux() > 0) o.tensors["aux"] = trellis::aux_to_reference(aux, dtype);
+  o.tensors["out"] = trellis::output_to_torch(out, dtype);
+  o.tensors["h"] = trellis::state_to_torch(h, dtype);
+  o.tensors["c"] = trellis::state_to_torch(c, dtype);
+  if (shape.naux() > 0) o.tensors["aux"] = trellis::aux_to_torch(aux, dtype);
   trellis::safetensors::write(a.output, o);
   std::printf("wrote out (%ld, %ld, %d), h, c%s to %s\n", N, L, shape.nout, shape.naux() > 0 ? ", aux" : "",
               a.output.c_str());
@@ -224,18 +224,18 @@ void run_language_model(RunCommand const& a, Common const& common, trellis::safe
     trellis::fail_tensor_shape(a.input, "tokens", trellis::tensor_shape(tt), "(N, L) with N, L >= 1");
   long const N = tt.shape[0], L = tt.shape[1], V = lm.config().ntoken;
   Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N);
-  trellis::tokens_from_reference(tokens, tt, V, a.input, "tokens");
+  trellis::tokens_from_torch(tokens, tt, V, a.input, "tokens");
   auto state = lm.make_state(N);
-  if (input.has("h")) trellis::state_from_reference(state.h, input.at(a.input, "h"), a.input, "h");
-  if (input.has("c")) trellis::state_from_reference(state.c, input.at(a.input, "c"), a.input, "c");
+  if (input.has("h")) trellis::state_from_torch(state.h, input.at(a.input, "h"), a.input, "h");
+  if (input.has("c")) trellis::state_from_torch(state.c, input.at(a.input, "c"), a.input, "c");
   typename Model::matrix log_probs("log_probs", L * N, V);
   // Scoring the tokens against themselves only fills log_probs; the NLL is not used.
   lm.evaluate(space, tokens, tokens, 0, state, log_probs);
   trellis::safetensors::File o;
   constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
-  o.tensors["log_probs"] = trellis::rows_to_reference(log_probs, L, N, dtype);
-  o.tensors["h"] = trellis::state_to_reference(state.h, dtype);
-  o.tensors["c"] = trellis::state_to_reference(state.c, dtype);
+  o.tensors["log_probs"] = trellis::rows_to_torch(log_probs, L, N, dtype);
+  o.tensors["h"] = trellis::state_to_torch(state.h, dtype);
+  o.tensors["c"] = trellis::state_to_torch(state.c, dtype);
   trellis::safetensors::write(a.output, o);
   std::printf("wrote log_probs (%ld, %ld, %ld), h, c to %s\n", N, L, V, a.output.c_str());
 }

@@ -40,7 +40,7 @@ double check_against_reference(Net const& net, Net::sequence_view x, long L, lon
   Net::aux_view aux("aux", s.naux(), L, N, s.nout);
   Net::cache_type cache;
   net.forward(space, x, h0, c0, out, h, c, aux, cache);
-  trellis::reference::NaiveTrellis<double> ref;
+  trellis::naive::NaiveTrellis<double> ref;
   ref.shape = s;
   long const rows = 4 * s.q();
   auto const& P = net.parameters();

@@ -72,14 +72,14 @@ void row(trellis::RecurrentCell cell, int M, int L, long T, long N, long in, lon
   if (check) {
     auto const y = run(sparse, x, T, N, 1).first;
     char buf[32];
-    auto const ref = trellis::reference::run_truncated(w, x, T, N, L);
+    auto const ref = trellis::naive::run_truncated(w, x, T, N, L);
     std::snprintf(buf, sizeof buf, "%.1e", max_abs_diff(y, ref));
     err_trunc = buf;
   }
   if (check && T <= L) {
     auto const y = run(sparse, x, T, N, 1).first;
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1e", max_abs_diff(y, trellis::reference::run_recurrent(w, x, T, N)));
+    std::snprintf(buf, sizeof buf, "%.1e", max_abs_diff(y, trellis::naive::run_recurrent(w, x, T, N)));
     err_full = buf;
   }
   // Timing in float: the sparse products against the same weights densified.

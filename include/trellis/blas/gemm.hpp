@@ -1,7 +1,7 @@
 #pragma once
 // trellis::blas::gemm(space, ...): one entry that checks shapes, then dispatches by a
 // trait on the execution space: Eigen on host spaces, cuBLAS on Kokkos::Cuda, and a
-// portable Kokkos kernel elsewhere (also reachable as reference_gemm, the tests'
+// portable Kokkos kernel elsewhere (also reachable as naive_gemm, the tests'
 // reference). All matrices are row-major rank-2 Views.
 #include <Kokkos_Core.hpp>
 
@@ -104,11 +104,11 @@ void gemm(Exec const& space, Op op_a, Op op_b, typename CV::value_type alpha, AV
 
 /// The portable kernel on any backend: the reference every fast GEMM is tested against.
 template <class Exec, class AV, class BV, class CV>
-void reference_gemm(Exec const& space, Op op_a, Op op_b, typename CV::value_type alpha,
+void naive_gemm(Exec const& space, Op op_a, Op op_b, typename CV::value_type alpha,
                     AV const& a, BV const& b, typename CV::value_type beta, CV const& c) {
   static_assert(Kokkos::is_execution_space<Exec>::value,
-                "trellis::blas::reference_gemm: the first argument is an execution space instance");
-  detail::gemm_checked<trellis::detail::PortableGemm>("trellis::blas::reference_gemm", space,
+                "trellis::blas::naive_gemm: the first argument is an execution space instance");
+  detail::gemm_checked<trellis::detail::PortableGemm>("trellis::blas::naive_gemm", space,
                                                       op_a, op_b, alpha, a, b, beta, c,
                                                       MathMode::strict);
 }

@@ -42,7 +42,7 @@ inline std::vector<long> kernel_file_shape(long kernels, long rows, long in) {
 }
 
 template <class View>
-safetensors::Tensor kernel_to_reference(View const& w, safetensors::DType dtype) {
+safetensors::Tensor kernel_to_torch(View const& w, safetensors::DType dtype) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), w);
   long const K = long(h.extent(0)), rows = long(h.extent(1)), in = long(h.extent(2)) / 2;
   std::vector<double> values;
@@ -61,7 +61,7 @@ inline void require_shape(safetensors::Tensor const& t, std::string const& path,
 }
 
 template <class View>
-void kernel_from_reference(View const& w, safetensors::Tensor const& t, std::string const& path,
+void kernel_from_torch(View const& w, safetensors::Tensor const& t, std::string const& path,
                            std::string const& name) {
   long const K = long(w.extent(0)), rows = long(w.extent(1)), in = long(w.extent(2)) / 2;
   require_shape(t, path, name, kernel_file_shape(K, rows, in));
@@ -74,7 +74,7 @@ void kernel_from_reference(View const& w, safetensors::Tensor const& t, std::str
 /// A per-row tensor (K, G q): gains as the reference's (G q, 1, 1), the bias as (G q);
 /// an untied core's with a leading K.
 template <class View>
-safetensors::Tensor per_row_to_reference(View const& g, std::vector<long> const& row_shape, safetensors::DType dtype) {
+safetensors::Tensor per_row_to_torch(View const& g, std::vector<long> const& row_shape, safetensors::DType dtype) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
   long const K = long(h.extent(0));
   std::vector<double> values(h.data(), h.data() + h.span());
@@ -84,7 +84,7 @@ safetensors::Tensor per_row_to_reference(View const& g, std::vector<long> const&
 }
 
 template <class View>
-void per_row_from_reference(View const& g, safetensors::Tensor const& t, std::string const& path, std::string const& name,
+void per_row_from_torch(View const& g, safetensors::Tensor const& t, std::string const& path, std::string const& name,
                          std::vector<long> want) {
   if (g.extent(0) != 1) want.insert(want.begin(), long(g.extent(0)));
   require_shape(t, path, name, want);
@@ -198,15 +198,15 @@ void write_core_tensors(safetensors::File& f, std::string const& prefix, Params 
   long const rows = long(p.weight1.extent(1));
   std::string const raw = raw_names ? "_raw" : "";
   if (weight_norm) {
-    f.tensors[prefix + "weight1_g"] = detail::per_row_to_reference(p.weight1_g, {rows, 1, 1}, dtype);
-    f.tensors[prefix + "weight1_v" + raw] = detail::kernel_to_reference(p.weight1, dtype);
-    f.tensors[prefix + "weight2_g"] = detail::per_row_to_reference(p.weight2_g, {rows, 1, 1}, dtype);
-    f.tensors[prefix + "weight2_v" + raw] = detail::kernel_to_reference(p.weight2, dtype);
+    f.tensors[prefix + "weight1_g"] = detail::per_row_to_torch(p.weight1_g, {rows, 1, 1}, dtype);
+    f.tensors[prefix + "weight1_v" + raw] = detail::kernel_to_torch(p.weight1, dtype);
+    f.tensors[prefix + "weight2_g"] = detail::per_row_to_torch(p.weight2_g, {rows, 1, 1}, dtype);
+    f.tensors[prefix + "weight2_v" + raw] = detail::kernel_to_torch(p.weight2, dtype);
   } else {
-    f.tensors[prefix + "weight1" + raw] = detail::kernel_to_reference(p.weight1, dtype);
-    f.tensors[prefix + "weight2" + raw] = detail::kernel_to_reference(p.weight2, dtype);
+    f.tensors[prefix + "weight1" + raw] = detail::kernel_to_torch(p.weight1, dtype);
+    f.tensors[prefix + "weight2" + raw] = detail::kernel_to_torch(p.weight2, dtype);
   }
-  f.tensors[prefix + "bias2"] = detail::per_row_to_reference(p.bias2, {rows}, dtype);
+  f.tensors[prefix + "bias2"] = detail::per_row_to_torch(p.bias2, {rows}, dtype);
 }
 
 /// Writes the network's parameters under `prefix`; an untied network's file says
@@ -238,17 +238,17 @@ void read_core(safetensors::File const& f, std::string const& path, std::string 
   long const rows = long(p.weight1.extent(1));
   if (weight_norm) {
     auto const g1 = prefix + "weight1_g", g2 = prefix + "weight2_g";
-    detail::per_row_from_reference(p.weight1_g, f.at(path, g1), path, g1, {rows, 1, 1});
-    detail::per_row_from_reference(p.weight2_g, f.at(path, g2), path, g2, {rows, 1, 1});
+    detail::per_row_from_torch(p.weight1_g, f.at(path, g1), path, g1, {rows, 1, 1});
+    detail::per_row_from_torch(p.weight2_g, f.at(path, g2), path, g2, {rows, 1, 1});
     auto const v1 = pick("weight1_v"), v2 = pick("weight2_v");
-    detail::kernel_from_reference(p.weight1, f.at(path, v1), path, v1);
-    detail::kernel_from_reference(p.weight2, f.at(path, v2), path, v2);
+    detail::kernel_from_torch(p.weight1, f.at(path, v1), path, v1);
+    detail::kernel_from_torch(p.weight2, f.at(path, v2), path, v2);
   } else {
     auto const w1 = pick("weight1"), w2 = pick("weight2");
-    detail::kernel_from_reference(p.weight1, f.at(path, w1), path, w1);
-    detail::kernel_from_reference(p.weight2, f.at(path, w2), path, w2);
+    detail::kernel_from_torch(p.weight1, f.at(path, w1), path, w1);
+    detail::kernel_from_torch(p.weight2, f.at(path, w2), path, w2);
   }
-  detail::per_row_from_reference(p.bias2, f.at(path, prefix + "bias2"), path, prefix + "bias2", {rows});
+  detail::per_row_from_torch(p.bias2, f.at(path, prefix + "bias2"), path, prefix + "bias2", {rows});
 }
 
 /// A bare core file (docs/file-formats.md, "core model"): the reference's TrellisNet names under

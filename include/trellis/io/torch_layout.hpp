@@ -111,57 +111,57 @@ std::vector<long> extents_of(View const& v) {
 
 /// A sequence (L, N, C) from / as a channels-first tensor (N, C, L).
 template <class View>
-void sequence_from_reference(View const& v, safetensors::Tensor const& t, std::string const& path,
+void sequence_from_torch(View const& v, safetensors::Tensor const& t, std::string const& path,
                              std::string const& name) {
   detail::from_file(v, detail::extents_of(v), {1, 2, 0}, t, path, name, "(N, C, L)");
 }
 template <class View>
-safetensors::Tensor sequence_to_reference(View const& v, safetensors::DType dtype) {
+safetensors::Tensor sequence_to_torch(View const& v, safetensors::DType dtype) {
   return detail::to_file(v, detail::extents_of(v), {1, 2, 0}, dtype);
 }
 
 /// An output (L, N, C) from / as a batch-first tensor (N, L, C).
 template <class View>
-void output_from_reference(View const& v, safetensors::Tensor const& t, std::string const& path,
+void output_from_torch(View const& v, safetensors::Tensor const& t, std::string const& path,
                            std::string const& name) {
   detail::from_file(v, detail::extents_of(v), {1, 0, 2}, t, path, name, "(N, L, C)");
 }
 template <class View>
-safetensors::Tensor output_to_reference(View const& v, safetensors::DType dtype) {
+safetensors::Tensor output_to_torch(View const& v, safetensors::DType dtype) {
   return detail::to_file(v, detail::extents_of(v), {1, 0, 2}, dtype);
 }
 
 /// A state (N, q) from / as the reference's (N, q, 1).
 template <class View>
-void state_from_reference(View const& v, safetensors::Tensor const& t, std::string const& path,
+void state_from_torch(View const& v, safetensors::Tensor const& t, std::string const& path,
                           std::string const& name) {
   detail::from_file(v, {long(v.extent(0)), long(v.extent(1)), 1}, {0, 1, 2}, t, path, name, "(N, q, 1)");
 }
 template <class View>
-safetensors::Tensor state_to_reference(View const& v, safetensors::DType dtype) {
+safetensors::Tensor state_to_torch(View const& v, safetensors::DType dtype) {
   return detail::to_file(v, {long(v.extent(0)), long(v.extent(1)), 1}, {0, 1, 2}, dtype);
 }
 
 /// Aux outputs (naux, L, N, C) from / as the reference's (N, naux, L, C).
 template <class View>
-void aux_from_reference(View const& v, safetensors::Tensor const& t, std::string const& path, std::string const& name) {
+void aux_from_torch(View const& v, safetensors::Tensor const& t, std::string const& path, std::string const& name) {
   detail::from_file(v, detail::extents_of(v), {2, 0, 1, 3}, t, path, name, "(N, naux, L, C)");
 }
 template <class View>
-safetensors::Tensor aux_to_reference(View const& v, safetensors::DType dtype) {
+safetensors::Tensor aux_to_torch(View const& v, safetensors::DType dtype) {
   return detail::to_file(v, detail::extents_of(v), {2, 0, 1, 3}, dtype);
 }
 
 /// Log-probabilities (L N, V), row t N + n, as the reference's (N, L, V).
 template <class View>
-safetensors::Tensor rows_to_reference(View const& v, long L, long N, safetensors::DType dtype) {
+safetensors::Tensor rows_to_torch(View const& v, long L, long N, safetensors::DType dtype) {
   return detail::to_file(v, {L, N, long(v.extent(1))}, {1, 0, 2}, dtype);
 }
 
 /// Tokens (L, N) from the reference's (N, L); integers of any stored type, each in
 /// [0, ntoken) (an error names the first that is not, with its position).
 template <class View>
-void tokens_from_reference(View const& v, safetensors::Tensor const& t, long ntoken, std::string const& path,
+void tokens_from_torch(View const& v, safetensors::Tensor const& t, long ntoken, std::string const& path,
                            std::string const& name) {
   long const L = long(v.extent(0)), N = long(v.extent(1));
   detail::require_file_shape(t, {N, L}, path, name, "(N, L)");

@@ -8,7 +8,7 @@
 
 #include <trellis/core/recurrent.hpp>
 
-namespace trellis::reference {
+namespace trellis::naive {
 
 namespace detail {
 
@@ -78,4 +78,4 @@ inline std::vector<double> run_truncated(RecurrentWeights const& w, std::vector<
   return y;
 }
 
-}  // namespace trellis::reference
+}  // namespace trellis::naive

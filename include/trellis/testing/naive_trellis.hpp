@@ -11,7 +11,7 @@
 #include <trellis/errors.hpp>
 #include <trellis/core/shape.hpp>
 
-namespace trellis::reference {
+namespace trellis::naive {
 
 template <class Real>
 struct NaiveKernel {
@@ -257,7 +257,7 @@ class NaiveTrellis {
   }
   void effective_weights() {
     if (kernels.size() != (tied ? 1u : std::size_t(shape.nlevels)))
-      trellis::detail::fail("trellis::reference::NaiveTrellis: ", kernels.size(), " kernels for ",
+      trellis::detail::fail("trellis::naive::NaiveTrellis: ", kernels.size(), " kernels for ",
                    tied ? "a tied" : "an untied", " network of ", shape.nlevels, " levels");
     eff_.resize(kernels.size());
     for (std::size_t k = 0; k < kernels.size(); ++k) {
@@ -299,4 +299,4 @@ class NaiveTrellis {
   std::vector<std::vector<Real>> a_, c_, z_;
 };
 
-}  // namespace trellis::reference
+}  // namespace trellis::naive

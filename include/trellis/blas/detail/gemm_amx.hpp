@@ -2,9 +2,8 @@
 // Host GEMM in bfloat16 products with fp32 accumulation on Intel AMX tiles
 // (AMX-BF16: Sapphire Rapids and later), for blas::MathMode::bf16 in float. The CPU's
 // counterpart of TF32 on GPUs: the operands are rounded to bf16 (nearest even), every
-// product and sum is exact in fp32, and C keeps fp32. On this project's 2-core CPU a
-// tile multiply does 16x16x32 multiply-adds where AVX-512 does 16, so the level GEMMs
-// stop being the step's cost.
+// product and sum is exact in fp32, and C keeps fp32. A tile multiply does 16x16x32
+// multiply-adds where an AVX-512 instruction does 16, which is why it pays.
 //
 // op(A) and op(B) are packed into the tiles' layouts (A: 16 rows x 32 k; B: 16 k-pairs
 // x 16 columns x 2, "VNNI"), zero-padded to whole blocks, then each thread multiplies

@@ -89,8 +89,8 @@ struct StructureOps<Dense, Exec, Scalar> {
   }
 
   /// Columns of the folded history and kernels: 2q + 2p + 1 rounded up to a multiple
-  /// of 8 with zeros, so that rows stay 32-byte aligned (Eigen's GEMM ran 14% slower
-  /// on seqmnist's 263 columns than on 264).
+  /// of 8 with zeros, so that rows stay 32-byte aligned (Eigen's GEMM is slower on
+  /// misaligned rows).
   static long folded_width(TrellisShape const& s) { return (2 * s.q() + 2 * s.ninp + 1 + 7) / 8 * 8; }
 
   /// Allocates the folded kernels (once per shape) or releases them.
