@@ -16,7 +16,9 @@
 #include <type_traits>
 
 #include <trellis/core/activation.hpp>
+#include <trellis/core/detail/channel_span.hpp>
 #include <trellis/core/detail/fast_math.hpp>
+#include <trellis/core/detail/lstm_cell.hpp>
 #include <trellis/detail/kernel_shape.hpp>
 #include <trellis/detail/kokkos_compat.hpp>
 
@@ -110,202 +112,6 @@ void first_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
       });
 }
 
-/// The LSTM gating of one channel: gates from pre-activations, the cell from the
-/// lower level's cell, the output. Shared by the host row loops and the device kernels.
-template <class Scalar>
-struct LstmStep {
-  Scalar ig, og, gg, fg, c, z;
-};
-
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION LstmStep<Scalar> lstm_forward(Scalar a_i, Scalar a_o, Scalar a_g, Scalar a_f,
-                                                     Scalar c_prev) {
-  LstmStep<Scalar> s;
-  s.ig = gate_sigmoid(a_i);
-  s.og = gate_sigmoid(a_o);
-  s.gg = gate_tanh(a_g);
-  s.fg = gate_sigmoid(a_f);
-  s.c = s.fg * c_prev + s.ig * s.gg;
-  s.z = s.og * gate_tanh(s.c);
-  return s;
-}
-
-/// Backward of lstm_forward: from dL/dz and dL/dc (from above) to the pre-activation
-/// gradients (i, o, g, f) and dL/dc_prev.
-template <class Scalar>
-struct LstmGrad {
-  Scalar da_i, da_o, da_g, da_f, dc_prev;
-};
-
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION LstmGrad<Scalar> lstm_backward(Scalar ig, Scalar og, Scalar gg, Scalar fg,
-                                                      Scalar c, Scalar c_prev, Scalar dz, Scalar dc) {
-  Scalar const tc = gate_tanh(c);
-  Scalar const dct = dc + dz * og * (Scalar(1) - tc * tc);
-  LstmGrad<Scalar> g;
-  g.da_i = dct * gg * ig * (Scalar(1) - ig);
-  g.da_o = dz * tc * og * (Scalar(1) - og);
-  g.da_g = dct * ig * (Scalar(1) - gg * gg);
-  g.da_f = dct * c_prev * fg * (Scalar(1) - fg);
-  g.dc_prev = dct * fg;
-  return g;
-}
-
-/// Writes one channel's pre-activation gradients into dA and, unless the injection is
-/// folded into the hidden GEMM (whose weight gradient then covers it), adds them into dU.
-template <bool AddInjection, class Scalar>
-KOKKOS_INLINE_FUNCTION void store_lstm_grad(Scalar* dA, Scalar* dU, long q, long j, LstmGrad<Scalar> const& g) {
-  dA[j] = g.da_i;
-  dA[q + j] = g.da_o;
-  dA[2 * q + j] = g.da_g;
-  dA[3 * q + j] = g.da_f;
-  if constexpr (AddInjection) {
-    dU[j] += g.da_i;
-    dU[q + j] += g.da_o;
-    dU[2 * q + j] += g.da_g;
-    dU[3 * q + j] += g.da_f;
-  } else {
-    (void)dU;
-  }
-}
-
-/// Writes one channel's activated gates (i, o, g, f) over its pre-activations.
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION void store_lstm_gates(Scalar* gates, long q, long j, LstmStep<Scalar> const& s) {
-  gates[j] = s.ig;
-  gates[q + j] = s.og;
-  gates[2 * q + j] = s.gg;
-  gates[3 * q + j] = s.fg;
-}
-
-// Row loops with restrict-qualified parameters: compilers trust restrict on
-// parameters (not on local pointers), and without it the alias checks of these loops
-// are too many to vectorise.
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION void lstm_forward_row(long q, Scalar* KOKKOS_RESTRICT gates,
-                                             Scalar const* KOKKOS_RESTRICT U,
-                                             Scalar const* KOKKOS_RESTRICT bias,
-                                             Scalar const* KOKKOS_RESTRICT c_prev,
-                                             Scalar* KOKKOS_RESTRICT cell, Scalar* KOKKOS_RESTRICT z) {
-  TRELLIS_PRAGMA_IVDEP
-  for (long j = 0; j < q; ++j) {
-    auto const s = lstm_forward(gates[j] + U[j] + bias[j], gates[q + j] + U[q + j] + bias[q + j],
-                                gates[2 * q + j] + U[2 * q + j] + bias[2 * q + j],
-                                gates[3 * q + j] + U[3 * q + j] + bias[3 * q + j], c_prev[j]);
-    store_lstm_gates(gates, q, j, s);
-    cell[j] = s.c;
-    z[j] = s.z;
-  }
-}
-
-template <bool AddInjection, class Scalar>
-KOKKOS_INLINE_FUNCTION void lstm_backward_row(long q, Scalar const* KOKKOS_RESTRICT gates,
-                                              Scalar const* KOKKOS_RESTRICT cell,
-                                              Scalar const* KOKKOS_RESTRICT c_prev,
-                                              Scalar const* KOKKOS_RESTRICT dc,
-                                              Scalar* KOKKOS_RESTRICT dz_then_dc_prev,
-                                              Scalar* KOKKOS_RESTRICT dA, Scalar* KOKKOS_RESTRICT dU) {
-  TRELLIS_PRAGMA_IVDEP
-  for (long j = 0; j < q; ++j) {
-    auto const g = lstm_backward(gates[j], gates[q + j], gates[2 * q + j], gates[3 * q + j], cell[j],
-                                 c_prev[j], dz_then_dc_prev[j], dc[j]);
-    store_lstm_grad<AddInjection>(dA, dU, q, j, g);
-    dz_then_dc_prev[j] = g.dc_prev;
-  }
-}
-
-/// out = m * (o * tanh(c)): a level's masked output rebuilt from its gates and cell, in
-/// the order forward rounds it (z first, then the mask), so that it has the same bits.
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION void lstm_output_row(long q, Scalar const* KOKKOS_RESTRICT m,
-                                            Scalar const* KOKKOS_RESTRICT og,
-                                            Scalar const* KOKKOS_RESTRICT cell,
-                                            Scalar* KOKKOS_RESTRICT out) {
-  TRELLIS_PRAGMA_IVDEP
-  for (long j = 0; j < q; ++j) out[j] = m[j] * (og[j] * gate_tanh(cell[j]));
-}
-
-/// V consecutive channels of one row, moved as one V * sizeof(Scalar)-byte access: on
-/// GPUs a warp then reads 32 x 16 contiguous bytes per instruction.
-template <class Scalar, int V>
-struct alignas(sizeof(Scalar) * V) Pack {
-  Scalar v[V];
-};
-
-template <int V, class Scalar>
-KOKKOS_INLINE_FUNCTION Pack<Scalar, V> load_pack(Scalar const* p) {
-#if defined(__CUDA_ARCH__)
-  return *reinterpret_cast<Pack<Scalar, V> const*>(p);  // CUDA's idiom for wide loads
-#else
-  Pack<Scalar, V> x;
-  for (int k = 0; k < V; ++k) x.v[k] = p[k];
-  return x;
-#endif
-}
-
-template <int V, class Scalar>
-KOKKOS_INLINE_FUNCTION void store_pack(Scalar* p, Pack<Scalar, V> const& x) {
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<Pack<Scalar, V>*>(p) = x;
-#else
-  for (int k = 0; k < V; ++k) p[k] = x.v[k];
-#endif
-}
-
-/// p[0:V] += x
-template <int V, class Scalar>
-KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
-  auto y = load_pack<V>(p);
-  for (int k = 0; k < V; ++k) y.v[k] += x.v[k];
-  store_pack(p, y);
-}
-
-/// The fused kernels' work items: one row on host spaces, whose channel loops
-/// vectorise; one channel pack on devices, consecutive threads on consecutive packs.
-struct RowTag {};
-template <int V>
-struct PackTag {};
-
-/// The widest pack (at most 16 bytes) that divides q and every row stride and whose
-/// alignment every View's data has. Empty Views do not count.
-template <class Scalar, class... Views>
-int pack_width(long q, Views const&... views) {
-  for (int V = 16 / int(sizeof(Scalar)); V > 1; V /= 2) {
-    bool fits = q % V == 0;
-    auto const check = [&](auto const& v) {
-      if (v.span() == 0) return;
-      if (reinterpret_cast<std::uintptr_t>(v.data()) % (V * sizeof(Scalar)) != 0) fits = false;
-      if constexpr (std::decay_t<decltype(v)>::rank == 2)
-        if (v.stride(0) % V != 0) fits = false;
-    };
-    (check(views), ...);
-    if (fits) return V;
-  }
-  return 1;
-}
-
-/// Runs f over the rows x q channels of a level: rows on host spaces, packs of `width`
-/// channels on devices (or when tests ask).
-template <class Scalar, class Exec, class Functor>
-void for_each_channel(char const* label, Exec const& space, long rows, long q, int width, Functor const& f) {
-  if (host_shaped<Exec>()) {
-    if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
-      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
-    return;
-  }
-  constexpr int widest = 16 / int(sizeof(Scalar));
-  if constexpr (widest >= 4) {
-    if (width == 4) {
-      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<4>>(space, 0, rows * (q / 4)), f);
-      return;
-    }
-  }
-  if (width == 2)
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<2>>(space, 0, rows * (q / 2)), f);
-  else
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<1>>(space, 0, rows * q), f);
-}
-
 /// The pack width every View of a level's kernels allows.
 template <class Scalar, class MemorySpace>
 int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a) {
@@ -314,62 +120,26 @@ int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a) {
 }
 
 /// Forward of one level after its hidden GEMM: bias, injection, gates, cell, output,
-/// and the masked history of the next level, in one pass.
+/// and the masked history of the next level, in one pass over channels [j, j + V) of
+/// row r (the one body of both shapes: see channel_span.hpp).
 template <class Activation, class Scalar, class MemorySpace>
 struct LevelForward {
   LevelArgs<Scalar, MemorySpace> a;
   long off;
   bool masked, injected;
 
-  // Host: one row, channel loops over raw row pointers so that they vectorise.
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
-    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
-    Scalar* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
-    Scalar const* KOKKOS_RESTRICT const U = injected ? &a.injection(r, 0) : &a.zero_gates(0);
-    Scalar const* KOKKOS_RESTRICT const bias = &a.bias(0);
-    Scalar* KOKKOS_RESTRICT const z = &a.history(r, q);  // z, unmasked for now
-    if constexpr (Activation::has_cell) {
-      Scalar* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
-      Scalar const* KOKKOS_RESTRICT const c_prev =
-          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
-      lstm_forward_row(q, gates, U, bias, c_prev, cell, z);
-      if (a.top && t == a.L - 1)
-        for (long j = 0; j < q; ++j) a.c_new(n, j) = cell[j];
-    } else {
-      for (long j = 0; j < q; ++j) {
-        gates[j] = Activation::apply(gates[j] + U[j] + bias[j]);
-        z[j] = gates[j];
-      }
-    }
-    for (long j = off; j < q; ++j) {
-      if (a.top) a.out(t, n, j - off) = z[j];
-      if (a.aux >= 0) a.aux_out(a.aux, t, n, j - off) = z[j];
-    }
-    if (a.top) {
-      if (t == a.L - 1)
-        for (long j = 0; j < q; ++j) a.h_new(n, j) = z[j];
-      return;
-    }
-    // The next level's history: [m z~_{t-dn} | m z~_t], padded with m h0.
-    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
-    for (long j = 0; j < q; ++j) z[j] *= m[j];
-    if (t + dn < a.L) {
-      Scalar* KOKKOS_RESTRICT const later = &a.history(r + dn * N, 0);
-      for (long j = 0; j < q; ++j) later[j] = z[j];
-    }
-    if (t < dn) {
-      Scalar* KOKKOS_RESTRICT const pad = &a.history(r, 0);
-      Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
-      for (long j = 0; j < q; ++j) pad[j] = m[j] * h0[j];
-    }
-  }
-
-  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    long r, j;
+    pack_position<V>(i, a.q, r, j);
+    channels<V>(r, j);
+  }
+
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
     using P = Pack<Scalar, V>;
-    long const q = a.q, N = a.N, packs = q / V, r = i / packs, j = (i - r * packs) * V;
-    long const t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
     Scalar* const gates = &a.gates(r, 0);
     auto pre = [&](long col) {  // A + U + bias
       P x = load_pack<V>(gates + col);
@@ -429,40 +199,12 @@ void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   for_each_channel<Scalar>("trellis::level_forward", space, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
-/// A level's history S rebuilt from the level below's stored gates and cell (z^(0) = 0,
-/// padding m * h0): backward needs it for dW = dA^T S, and level recomputation for the
-/// first level of a recomputed block. Host: one row; device: one element.
-template <class Activation, class Scalar, class MemorySpace>
-KOKKOS_INLINE_FUNCTION void history_row(LevelArgs<Scalar, MemorySpace> const& a, long r,
-                                        Scalar const* KOKKOS_RESTRICT m) {
-  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
-  Scalar* KOKKOS_RESTRICT const S = &a.history(r, 0);
-  if (a.first) {
-    for (long j = 0; j < q; ++j) S[q + j] = 0;
-  } else {
-    Scalar const* KOKKOS_RESTRICT const below = &a.gates_below(r, 0);
-    if constexpr (Activation::has_cell) {
-      Scalar const* KOKKOS_RESTRICT const cell_below = &a.cell_below(r, 0);
-      lstm_output_row(q, m, below + q, cell_below, S + q);
-    } else {
-      for (long j = 0; j < q; ++j) S[q + j] = m[j] * below[j];
-    }
-    if (t + d < a.L) {
-      Scalar* KOKKOS_RESTRICT const later = &a.history(r + d * N, 0);
-      for (long j = 0; j < q; ++j) later[j] = S[q + j];
-    }
-  }
-  if (t < d) {
-    Scalar const* KOKKOS_RESTRICT const h0 = &a.h0(n, 0);
-    for (long j = 0; j < q; ++j) S[j] = m[j] * h0[j];
-  } else if (a.first) {
-    for (long j = 0; j < q; ++j) S[j] = 0;
-  }
-}
-
+/// A level's history S over channels [j, j + V) of row r, rebuilt from the level
+/// below's stored gates and cell (z^(0) = 0, padding m * h0): backward needs it for
+/// dW = dA^T S, and level recomputation for the first level of a recomputed block.
 template <class Activation, int V, class Scalar, class MemorySpace>
-KOKKOS_INLINE_FUNCTION void history_pack(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
-                                         Pack<Scalar, V> const& m) {
+KOKKOS_INLINE_FUNCTION void history_channels(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
+                                             Pack<Scalar, V> const& m) {
   using P = Pack<Scalar, V>;
   long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
   auto padding = [&] {  // m * h0
@@ -492,13 +234,16 @@ template <class Activation, class Scalar, class MemorySpace>
 struct LevelHistory {
   LevelArgs<Scalar, MemorySpace> a;
   bool masked;
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
-    history_row<Activation>(a, r, masked ? &a.mask(r % a.N, 0) : &a.unit_row(0));
-  }
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    long const packs = a.q / V, r = i / packs, j = (i - r * packs) * V;
-    history_pack<Activation, V>(a, r, j, load_pack<V>(masked ? &a.mask(r % a.N, j) : &a.unit_row(j)));
+    long r, j;
+    pack_position<V>(i, a.q, r, j);
+    channels<V>(r, j);
+  }
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
+    history_channels<Activation, V>(a, r, j, load_pack<V>(masked ? &a.mask(r % a.N, j) : &a.unit_row(j)));
   }
 };
 
@@ -522,9 +267,10 @@ struct LevelGradArgs {
   typename V::matrix d_injection;     // (R, G q): accumulates dA; empty when folded
 };
 
-/// Backward of one level's fused kernel: collects dL/dz and dL/dc of the level, writes
-/// dA (pre-activation gradient), the cell gradient sent down, adds dA into the
-/// injection's gradient, and rebuilds this level's history S (needed by dW = dA^T S).
+/// Backward of one level's fused kernel over channels [j, j + V) of row r: collects
+/// dL/dz and dL/dc of the level, writes dA (pre-activation gradient) and the cell
+/// gradient sent down, adds dA into the injection's gradient, and rebuilds this level's
+/// history S (needed by dW = dA^T S).
 template <class Activation, class Scalar, class MemorySpace>
 struct LevelBackward {
   LevelArgs<Scalar, MemorySpace> a;
@@ -532,59 +278,19 @@ struct LevelBackward {
   long off;
   bool masked, has_dh, has_dc, has_daux, injected;
 
-  // Host: one row; dL/dz is gathered into the row of d_cell_down, which the main loop
-  // then overwrites with the cell gradient it sends down.
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
-    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
-    Scalar const* KOKKOS_RESTRICT const m = masked ? &a.mask(n, 0) : &a.unit_row(0);
-    Scalar* const dz = Activation::has_cell ? &b.d_cell_down(r, 0) : &b.d_gates(r, 0);
-    if (a.top) {
-      for (long j = 0; j < q; ++j) dz[j] = 0;
-      for (long j = off; j < q; ++j) dz[j] = b.d_out(t, n, j - off);
-      if (has_dh && t == L - 1)
-        for (long j = 0; j < q; ++j) dz[j] += b.d_h_new(n, j);
-    } else {
-      Scalar const* KOKKOS_RESTRICT const above = &b.d_history(r, q);
-      if (t + du < L) {
-        Scalar const* KOKKOS_RESTRICT const later = &b.d_history(r + du * N, 0);
-        for (long j = 0; j < q; ++j) dz[j] = m[j] * (above[j] + later[j]);
-      } else {
-        for (long j = 0; j < q; ++j) dz[j] = m[j] * above[j];
-      }
-    }
-    if (has_daux && a.aux >= 0)
-      for (long j = off; j < q; ++j) dz[j] += b.d_aux(a.aux, t, n, j - off);
-    Scalar const* KOKKOS_RESTRICT const gates = &a.gates(r, 0);
-    Scalar* KOKKOS_RESTRICT const dU = injected ? &b.d_injection(r, 0) : nullptr;
-    if constexpr (Activation::has_cell) {
-      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);
-      Scalar* KOKKOS_RESTRICT const dcd = &b.d_cell_down(r, 0);  // holds dz on entry
-      Scalar const* KOKKOS_RESTRICT const dc =
-          a.top ? (has_dc && t == L - 1 ? &b.d_c_new(n, 0) : &a.zero_row(0))
-                : (t + du < L ? &b.d_cell_above(r + du * N, 0) : &a.zero_row(0));
-      Scalar const* KOKKOS_RESTRICT const c_prev =
-          t >= d ? (a.first ? &a.zero_row(0) : &a.cell_below(r - d * N, 0)) : &a.c0(n, 0);
-      Scalar const* KOKKOS_RESTRICT const cell = &a.cell(r, 0);
-      if (injected)
-        lstm_backward_row<true>(q, gates, cell, c_prev, dc, dcd, dA, dU);
-      else
-        lstm_backward_row<false>(q, gates, cell, c_prev, dc, dcd, dA, dU);
-    } else {
-      Scalar* KOKKOS_RESTRICT const dA = &b.d_gates(r, 0);  // holds dz on entry
-      for (long j = 0; j < q; ++j) dA[j] *= Activation::derivative_from_output(gates[j]);
-      if (injected)
-        for (long j = 0; j < q; ++j) dU[j] += dA[j];
-    }
-    history_row<Activation>(a, r, m);
-  }
-
-  // Device: V channels of one row, in the row loop's order of operations (same bits).
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    long r, j;
+    pack_position<V>(i, a.q, r, j);
+    channels<V>(r, j);
+  }
+
+  /// dL/dz of the span: from the output (top level) or the history above, plus aux.
+  template <int V>
+  KOKKOS_INLINE_FUNCTION Pack<Scalar, V> output_gradient(long r, long j, Pack<Scalar, V> const& m) const {
     using P = Pack<Scalar, V>;
-    long const q = a.q, N = a.N, L = a.L, packs = q / V, r = i / packs, j = (i - r * packs) * V;
-    long const t = r / N, n = r % N, d = a.d, du = a.d_above;
-    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
+    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, du = a.d_above;
     P dz{};
     if (a.top) {
       for (int k = 0; k < V; ++k)
@@ -601,6 +307,15 @@ struct LevelBackward {
     if (has_daux && a.aux >= 0)
       for (int k = 0; k < V; ++k)
         if (j + k >= off) dz.v[k] += b.d_aux(a.aux, t, n, j + k - off);
+    return dz;
+  }
+
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
+    using P = Pack<Scalar, V>;
+    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
+    P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
+    P const dz = output_gradient<V>(r, j, m);
     Scalar const* const gates = &a.gates(r, 0);
     Scalar* const dA = &b.d_gates(r, 0);
     if constexpr (Activation::has_cell) {
@@ -638,7 +353,7 @@ struct LevelBackward {
       store_pack(dA + j, da);
       if (injected) add_pack(&b.d_injection(r, j), da);
     }
-    history_pack<Activation, V>(a, r, j, m);
+    history_channels<Activation, V>(a, r, j, m);
   }
 };
 
