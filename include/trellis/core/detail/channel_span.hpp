@@ -49,30 +49,38 @@ KOKKOS_INLINE_FUNCTION void add_pack(Scalar* p, Pack<Scalar, V> const& x) {
 /// The fused kernels' work items: one row on host spaces; one channel pack on devices,
 /// consecutive threads on consecutive packs. Each kernel has one body over a span of V
 /// channels [j, j + V) of a row, called per pack on devices and, on host spaces, along
-/// the row in spans of host_span channels (one 64-byte vector: the body's lane loops
-/// vectorise) and then single channels.
+/// the row in spans of host_span channels (128 bytes: the body's lane loops vectorise,
+/// and the per-span work, such as a row's position and branches, is spread over enough
+/// channels not to show) and then single channels.
 struct RowTag {};
 template <int V>
 struct PackTag {};
 
 template <class Scalar>
-inline constexpr int host_span = 64 / int(sizeof(Scalar));
+inline constexpr int host_span = 128 / int(sizeof(Scalar));
 
-/// body.template channels<V>(r, j) over row r's channels: spans of host_span, then ones.
+/// Row r of a level: time t and sequence n (r = t * N + n), computed once per row.
+struct RowPosition {
+  long r, t, n;
+};
+
+KOKKOS_INLINE_FUNCTION RowPosition row_position(long r, long N) { return {r, r / N, r % N}; }
+
+/// body.template channels<V>(row, j) over row r's channels: spans of host_span, then ones.
 template <class Scalar, class Body>
-KOKKOS_INLINE_FUNCTION void along_row(Body const& body, long r, long q) {
+KOKKOS_INLINE_FUNCTION void along_row(Body const& body, long r, long N, long q) {
   constexpr int W = host_span<Scalar>;
+  RowPosition const row = row_position(r, N);
   long j = 0;
-  for (; j + W <= q; j += W) body.template channels<W>(r, j);
-  for (; j < q; ++j) body.template channels<1>(r, j);
+  for (; j + W <= q; j += W) body.template channels<W>(row, j);
+  for (; j < q; ++j) body.template channels<1>(row, j);
 }
 
-/// The row and first channel of pack i of width V in a level of q channels.
-template <int V>
-KOKKOS_INLINE_FUNCTION void pack_position(long i, long q, long& r, long& j) {
-  long const packs = q / V;
-  r = i / packs;
-  j = (i - r * packs) * V;
+/// body.template channels<V>(row, j) for pack i of width V in a level of q channels.
+template <int V, class Body>
+KOKKOS_INLINE_FUNCTION void at_pack(Body const& body, long i, long N, long q) {
+  long const packs = q / V, r = i / packs;
+  body.template channels<V>(row_position(r, N), (i - r * packs) * V);
 }
 
 /// The widest pack (at most 16 bytes) that divides q and every row stride and whose

@@ -128,18 +128,16 @@ struct LevelForward {
   long off;
   bool masked, injected;
 
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    long r, j;
-    pack_position<V>(i, a.q, r, j);
-    channels<V>(r, j);
+    at_pack<V>(*this, i, a.N, a.q);
   }
 
   template <int V>
-  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
+  KOKKOS_INLINE_FUNCTION void channels(RowPosition const& row, long j) const {
     using P = Pack<Scalar, V>;
-    long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d, dn = a.d_next;
+    long const q = a.q, N = a.N, r = row.r, t = row.t, n = row.n, d = a.d, dn = a.d_next;
     Scalar* const gates = &a.gates(r, 0);
     auto pre = [&](long col) {  // A + U + bias
       P x = load_pack<V>(gates + col);
@@ -167,11 +165,12 @@ struct LevelForward {
       for (int k = 0; k < V; ++k) z.v[k] = Activation::apply(x.v[k]);
       store_pack(gates + j, z);
     }
-    for (int k = 0; k < V; ++k)
-      if (j + k >= off) {
-        if (a.top) a.out(t, n, j + k - off) = z.v[k];
-        if (a.aux >= 0) a.aux_out(a.aux, t, n, j + k - off) = z.v[k];
-      }
+    if ((a.top || a.aux >= 0) && j + V > off)
+      for (int k = 0; k < V; ++k)
+        if (j + k >= off) {
+          if (a.top) a.out(t, n, j + k - off) = z.v[k];
+          if (a.aux >= 0) a.aux_out(a.aux, t, n, j + k - off) = z.v[k];
+        }
     if (a.top) {
       if (t == a.L - 1) {
         store_pack(&a.h_new(n, j), z);
@@ -203,10 +202,10 @@ void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
 /// below's stored gates and cell (z^(0) = 0, padding m * h0): backward needs it for
 /// dW = dA^T S, and level recomputation for the first level of a recomputed block.
 template <class Activation, int V, class Scalar, class MemorySpace>
-KOKKOS_INLINE_FUNCTION void history_channels(LevelArgs<Scalar, MemorySpace> const& a, long r, long j,
+KOKKOS_INLINE_FUNCTION void history_channels(LevelArgs<Scalar, MemorySpace> const& a, RowPosition const& row, long j,
                                              Pack<Scalar, V> const& m) {
   using P = Pack<Scalar, V>;
-  long const q = a.q, N = a.N, t = r / N, n = r % N, d = a.d;
+  long const q = a.q, N = a.N, r = row.r, t = row.t, n = row.n, d = a.d;
   auto padding = [&] {  // m * h0
     P h0 = load_pack<V>(&a.h0(n, j));
     for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
@@ -234,16 +233,14 @@ template <class Activation, class Scalar, class MemorySpace>
 struct LevelHistory {
   LevelArgs<Scalar, MemorySpace> a;
   bool masked;
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    long r, j;
-    pack_position<V>(i, a.q, r, j);
-    channels<V>(r, j);
+    at_pack<V>(*this, i, a.N, a.q);
   }
   template <int V>
-  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
-    history_channels<Activation, V>(a, r, j, load_pack<V>(masked ? &a.mask(r % a.N, j) : &a.unit_row(j)));
+  KOKKOS_INLINE_FUNCTION void channels(RowPosition const& row, long j) const {
+    history_channels<Activation, V>(a, row, j, load_pack<V>(masked ? &a.mask(row.n, j) : &a.unit_row(j)));
   }
 };
 
@@ -278,19 +275,17 @@ struct LevelBackward {
   long off;
   bool masked, has_dh, has_dc, has_daux, injected;
 
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.q); }
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
   template <int V>
   KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    long r, j;
-    pack_position<V>(i, a.q, r, j);
-    channels<V>(r, j);
+    at_pack<V>(*this, i, a.N, a.q);
   }
 
   /// dL/dz of the span: from the output (top level) or the history above, plus aux.
   template <int V>
-  KOKKOS_INLINE_FUNCTION Pack<Scalar, V> output_gradient(long r, long j, Pack<Scalar, V> const& m) const {
+  KOKKOS_INLINE_FUNCTION Pack<Scalar, V> output_gradient(RowPosition const& row, long j, Pack<Scalar, V> const& m) const {
     using P = Pack<Scalar, V>;
-    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, du = a.d_above;
+    long const q = a.q, N = a.N, L = a.L, r = row.r, t = row.t, n = row.n, du = a.d_above;
     P dz{};
     if (a.top) {
       for (int k = 0; k < V; ++k)
@@ -311,11 +306,11 @@ struct LevelBackward {
   }
 
   template <int V>
-  KOKKOS_INLINE_FUNCTION void channels(long r, long j) const {
+  KOKKOS_INLINE_FUNCTION void channels(RowPosition const& row, long j) const {
     using P = Pack<Scalar, V>;
-    long const q = a.q, N = a.N, L = a.L, t = r / N, n = r % N, d = a.d, du = a.d_above;
+    long const q = a.q, N = a.N, L = a.L, r = row.r, t = row.t, n = row.n, d = a.d, du = a.d_above;
     P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
-    P const dz = output_gradient<V>(r, j, m);
+    P const dz = output_gradient<V>(row, j, m);
     Scalar const* const gates = &a.gates(r, 0);
     Scalar* const dA = &b.d_gates(r, 0);
     if constexpr (Activation::has_cell) {
@@ -353,7 +348,7 @@ struct LevelBackward {
       store_pack(dA + j, da);
       if (injected) add_pack(&b.d_injection(r, j), da);
     }
-    history_channels<Activation, V>(a, r, j, m);
+    history_channels<Activation, V>(a, row, j, m);
   }
 };
 
