@@ -1,6 +1,6 @@
 // The library against PyTorch. tests/fixtures holds what tools/trellis_torch.py (a
-// PyTorch TrellisNet written from TRELLISNET.md, checked against the reference code)
-// computes for small random models (tools/make_fixtures.py): outputs and every gradient
+// PyTorch TrellisNet written from the reference's math, checked against the reference
+// code) computes for small random models (tools/make_fixtures.py): outputs and every gradient
 // of the core, with and without weight normalisation, for three dilation cycles, and of
 // the language model with a tied decoder and with a mixture of softmaxes; and the losses
 // of twenty Adam and SGD steps. Each is read through the library's readers of the
