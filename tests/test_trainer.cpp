@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -270,6 +271,9 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: annealing takes lr linearly to zero over the
   REQUIRE(r.lrs.size() == expected.size());
   for (std::size_t s = 0; s < expected.size(); ++s) CHECK(r.lrs[s] == doctest::Approx(expected[s]).epsilon(1e-12));
   CHECK(trainer.scheduled_lr() == 0.4);
+  using T = trellis::Trainer<Exec, ScriptedTask<Exec>>;
+  CHECK(T::format_minutes(125.7) == "02:05");
+  CHECK(T::format_minutes(std::numeric_limits<double>::infinity()) == "--:--");
 }
 TEST_CASE_TEMPLATE_APPLY(anneal, Backends);
 

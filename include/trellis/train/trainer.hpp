@@ -281,8 +281,9 @@ class Trainer {
     return summary;
   }
 
-  /// "mm:ss" of a number of seconds.
+  /// "mm:ss" of a number of seconds ("--:--" without a time budget: infinity).
   static std::string format_minutes(double seconds) {
+    if (!std::isfinite(seconds)) return "--:--";
     long const s = long(std::max(0.0, seconds));
     std::ostringstream out;
     out << (s / 60 < 10 ? "0" : "") << s / 60 << ':' << (s % 60 < 10 ? "0" : "") << s % 60;
