@@ -119,20 +119,30 @@ int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a) {
                             a.mask, a.history, a.h_new, a.c_new, a.zero_row, a.unit_row, a.zero_gates);
 }
 
+/// The two launch shapes of a level's functor, which has the level's args `a` and the
+/// one body channels<V>(row, j): a row on host spaces, a pack on devices.
+template <class Derived, class Scalar>
+struct ChannelLaunch {
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const {
+    auto const& self = static_cast<Derived const&>(*this);
+    along_row<Scalar>(self, r, self.a.N, self.a.q);
+  }
+  template <int V>
+  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
+    auto const& self = static_cast<Derived const&>(*this);
+    at_pack<V>(self, i, self.a.N, self.a.q);
+  }
+};
+
 /// Forward of one level after its hidden GEMM: bias, injection, gates, cell, output,
 /// and the masked history of the next level, in one pass over channels [j, j + V) of
 /// row r (the one body of both shapes: see channel_span.hpp).
 template <class Activation, class Scalar, class MemorySpace>
-struct LevelForward {
+struct LevelForward : ChannelLaunch<LevelForward<Activation, Scalar, MemorySpace>, Scalar> {
   LevelArgs<Scalar, MemorySpace> a;
   long off;
   bool masked, injected;
 
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
-  template <int V>
-  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    at_pack<V>(*this, i, a.N, a.q);
-  }
 
   template <int V>
   KOKKOS_INLINE_FUNCTION void channels(RowPosition const& row, long j) const {
@@ -193,7 +203,7 @@ struct LevelForward {
 
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
-  LevelForward<Activation, Scalar, MemorySpace> f{a, a.q - a.nout, a.mask.extent(0) > 0,
+  LevelForward<Activation, Scalar, MemorySpace> f{{}, a, a.q - a.nout, a.mask.extent(0) > 0,
                                                   a.injection.extent(0) > 0};
   for_each_channel<Scalar>("trellis::level_forward", space, a.L * a.N, a.q, level_pack_width(a), f);
 }
@@ -230,14 +240,9 @@ KOKKOS_INLINE_FUNCTION void history_channels(LevelArgs<Scalar, MemorySpace> cons
 }
 
 template <class Activation, class Scalar, class MemorySpace>
-struct LevelHistory {
+struct LevelHistory : ChannelLaunch<LevelHistory<Activation, Scalar, MemorySpace>, Scalar> {
   LevelArgs<Scalar, MemorySpace> a;
   bool masked;
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
-  template <int V>
-  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    at_pack<V>(*this, i, a.N, a.q);
-  }
   template <int V>
   KOKKOS_INLINE_FUNCTION void channels(RowPosition const& row, long j) const {
     history_channels<Activation, V>(a, row, j, load_pack<V>(masked ? &a.mask(row.n, j) : &a.unit_row(j)));
@@ -246,7 +251,7 @@ struct LevelHistory {
 
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
-  LevelHistory<Activation, Scalar, MemorySpace> f{a, a.mask.extent(0) > 0};
+  LevelHistory<Activation, Scalar, MemorySpace> f{{}, a, a.mask.extent(0) > 0};
   for_each_channel<Scalar>("trellis::level_history", space, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
@@ -269,17 +274,12 @@ struct LevelGradArgs {
 /// gradient sent down, adds dA into the injection's gradient, and rebuilds this level's
 /// history S (needed by dW = dA^T S).
 template <class Activation, class Scalar, class MemorySpace>
-struct LevelBackward {
+struct LevelBackward : ChannelLaunch<LevelBackward<Activation, Scalar, MemorySpace>, Scalar> {
   LevelArgs<Scalar, MemorySpace> a;
   LevelGradArgs<Scalar, MemorySpace> b;
   long off;
   bool masked, has_dh, has_dc, has_daux, injected;
 
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long r) const { along_row<Scalar>(*this, r, a.N, a.q); }
-  template <int V>
-  KOKKOS_INLINE_FUNCTION void operator()(PackTag<V>, long i) const {
-    at_pack<V>(*this, i, a.N, a.q);
-  }
 
   /// dL/dz of the span: from the output (top level) or the history above, plus aux.
   template <int V>
@@ -361,7 +361,7 @@ int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a, LevelGradArgs<Scal
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
                     LevelGradArgs<Scalar, MemorySpace> const& b) {
-  LevelBackward<Activation, Scalar, MemorySpace> f{a, b, a.q - a.nout, a.mask.extent(0) > 0,
+  LevelBackward<Activation, Scalar, MemorySpace> f{{}, a, b, a.q - a.nout, a.mask.extent(0) > 0,
                                                    b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
                                                    b.d_aux.extent(0) > 0, b.d_injection.extent(0) > 0};
   for_each_channel<Scalar>("trellis::level_backward", space, a.L * a.N, a.q, level_pack_width(a, b), f);
