@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -498,3 +499,118 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: the untied gated TCN trains, saves under its
   fs::remove_all(fs::path(path).parent_path());
 }
 TEST_CASE_TEMPLATE_APPLY(untied, Backends);
+
+// ---------------------------------------------------------------- training by flag names
+
+namespace {
+/// The trellis program's charlm defaults, enough for every option a task reads.
+trellis::flags::Flags language_flags() {
+  return {{"ninp", "8"},        {"nhid", "8"},          {"nout", "8"},        {"nlevels", "3"},
+          {"dilation", "[1,2]"}, {"dropout", "0.1"},     {"dropouti", "0"},    {"dropouth", "0"},
+          {"dropoutl", "0"},     {"emb-dropout", "0"},   {"wdrop", "0"},       {"wnorm", "true"},
+          {"aux", "0"},          {"aux-freq", "0"},      {"n-experts", "0"},   {"alpha", "0"},
+          {"beta", "0"},         {"init-std", "0.01"},   {"untied", "false"},  {"optim", "adamw"},
+          {"lr", "0.002"},       {"wdecay", "0"},        {"momentum", "0"},    {"clip", "0.25"},
+          {"batch-size", "4"},   {"seq-len", "16"},      {"eval-batch-size", "2"}, {"seed", "5"},
+          {"when", "[3,5]"},     {"gamma", "0.5"},       {"plateau-patience", "-1"}, {"plateau-factor", "0.5"},
+          {"anneal", "0.25"},    {"eval-minutes", "2"},  {"valid-tokens", "0"}, {"checkpoint-minutes", "3"},
+          {"max-steps", "7"},    {"log-every", "10"}};
+}
+}  // namespace
+
+TEST_CASE("flags: the reference's names to task and trainer options, errors naming flag and value") {
+  using namespace trellis::flags;
+  using trellis::test::error_of;
+  auto f = language_flags();
+  auto const lm = language_task_options(f);
+  CHECK(lm.model.core.dilation == std::vector<int>{1, 2});
+  CHECK(lm.model.dropout == doctest::Approx(0.1));
+  CHECK(lm.optimizer == trellis::OptimizerKind::adam);
+  CHECK(lm.optimizer_options.decoupled);
+  CHECK(lm.seq_len == 16);
+  CHECK(lm.seed == 5);
+  auto const t = trainer_options(f, 90);
+  CHECK(t.max_seconds == 90);
+  CHECK(t.max_steps == 7);
+  CHECK(t.checkpoint_every_seconds == 180);
+  CHECK(t.schedule.kind == trellis::LrSchedule::Kind::steps);
+  CHECK(t.schedule.milestones == std::vector<int>{3, 5});
+  CHECK(t.metadata.at("flag.lr") == "0.002");
+
+  auto with = [&](std::string const& k, std::string const& v) {
+    auto g = f;
+    g[k] = v;
+    return g;
+  };
+  auto lm_error = [&](std::string const& k, std::string const& v) {
+    return error_of<trellis::invalid_argument>([&] { (void)language_task_options(with(k, v)); });
+  };
+  CHECK(lm_error("lr", "abc") == "--lr abc: not a number");
+  CHECK(lm_error("nlevels", "2.5") == "--nlevels 2.5: not an integer");
+  CHECK(lm_error("dropout", "1.5") == "--dropout 1.5: not in [0, 1)");
+  CHECK(lm_error("batch-size", "0") == "--batch-size 0: must be at least 1");
+  CHECK(lm_error("init-std", "0") == "--init-std 0: must be positive");
+  CHECK(lm_error("dilation", "[1,") == "--dilation [1,: expected a list such as [1,2,4]");
+  CHECK(lm_error("wnorm", "maybe") == "--wnorm maybe: expected true or false");
+  CHECK(lm_error("optim", "lbfgs") == "--optim lbfgs: expected adam, adamw or sgd");
+  CHECK(error_of<trellis::invalid_argument>([&] { (void)trainer_options(with("anneal", "1.5"), 60); }) ==
+        "--anneal 1.5: not in [0, 1]");
+  CHECK(error_of<trellis::invalid_argument>([&] { (void)classifier_task_options(f, "fashion-row"); }) ==
+        "--ninp 8: --data fashion-row feeds 28 value(s) per step");
+  auto const cls = classifier_task_options(with("ninp", "1"), "mnist-permuted");
+  CHECK(cls.sequence == trellis::ImageSequence::pixels);
+  CHECK(cls.permutation.size() == 784);
+}
+
+TEST_CASE("flags::resolve: defaults, then the checkpoint's flags, then the given ones") {
+  using trellis::flags::Flags;
+  using trellis::flags::resolve;
+  Flags const defaults{{"lr", "0.01"}, {"max-steps", "0"}, {"seed", "1"}};
+  std::map<std::string, std::string> const checkpoint{{"flag.lr", "0.02"}, {"flag.max-steps", "100"}, {"task", "x"}};
+  auto const fresh = resolve(defaults, nullptr, "", {{"seed", "3"}}, true);
+  CHECK(fresh == Flags{{"lr", "0.01"}, {"max-steps", "0"}, {"seed", "3"}});
+  auto const resumed = resolve(defaults, &checkpoint, "c.safetensors", {{"max-steps", "200"}, {"lr", "0.02"}}, true);
+  CHECK(resumed == Flags{{"lr", "0.02"}, {"max-steps", "200"}, {"seed", "1"}});
+  CHECK(trellis::test::error_of<trellis::invalid_argument>(
+            [&] { (void)resolve(defaults, &checkpoint, "c.safetensors", {{"lr", "0.03"}}, true); }) ==
+        "--lr 0.03: the checkpoint c.safetensors was trained with --lr 0.02 (drop the flag, or start a new run "
+        "directory)");
+  // Evaluating may override anything.
+  CHECK(resolve(defaults, &checkpoint, "c.safetensors", {{"lr", "0.03"}}, false).at("lr") == "0.03");
+}
+
+TEST_CASE("RunDirectory: curves.csv replaced whole, reloaded on resume; log appended") {
+  trellis::test::TempDir dir("run-directory");
+  std::string const run_path = dir / "run";
+  {
+    trellis::RunDirectory run(run_path);
+    run.log("first");
+    trellis::CurveRow r;
+    r.step = 1;
+    r.train_loss = 1.0 / 3;
+    r.train_metric = 2;
+    run.add_curve_row(r);
+    r.step = 2;
+    r.valid = 1.5;
+    run.add_curve_row(r);
+    run.write_curves("bpc");
+    CHECK(!fs::exists(run.path("curves.csv.tmp")));
+    CHECK(run.checkpoint_path() == run_path + "/checkpoint.safetensors");
+  }
+  trellis::RunDirectory again(run_path);
+  again.log("second");
+  again.load_curves();
+  trellis::CurveRow r;
+  r.step = 3;
+  again.add_curve_row(r);
+  again.write_curves("bpc");
+  auto const csv = trellis::test::read_bytes(run_path + "/curves.csv");
+  CHECK(csv ==
+        "step,epoch,train_minutes,lr,train_loss,train_bpc,valid_bpc\n"
+        "1,0,0,0,0.33333333333333331,2,\n"
+        "2,0,0,0,0.33333333333333331,2,1.5\n"
+        "3,0,0,0,,,\n");
+  CHECK(trellis::test::read_bytes(run_path + "/log.txt") == "first\nsecond\n");
+  CHECK(trellis::test::error_of<trellis::file_error>([&] { trellis::RunDirectory bad(run_path + "/log.txt/x"); })
+            .find("cannot create the run directory") != std::string::npos);
+}

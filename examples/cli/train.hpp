@@ -9,87 +9,26 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iomanip>
 #include <map>
-#include <numeric>
-#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <trellis/data/batching.hpp>
 #include <trellis/data/image_sets.hpp>
 #include <trellis/data/text_corpus.hpp>
-#include <trellis/io/model_files.hpp>
+#include <trellis/train/flags.hpp>
+#include <trellis/train/run_directory.hpp>
 #include <trellis/trellis.hpp>
 
 namespace trellis_cli {
 
 namespace fs = std::filesystem;
-using Flags = std::map<std::string, std::string>;
-
-/// Every train flag (the reference's argparse names, dashes for underscores) with a
-/// one-line description; values are strings until a task's defaults are applied.
-struct FlagInfo {
-  char const* name;
-  char const* help;
-};
-
-inline std::vector<FlagInfo> const& model_flags() {
-  static std::vector<FlagInfo> const flags{
-      {"ninp", "input (embedding) width p"},
-      {"nhid", "q - nout"},
-      {"nout", "output width (the last nout channels of the hidden state)"},
-      {"nlevels", "number of levels"},
-      {"dilation", "dilation cycle, e.g. [1,2,4]"},
-      {"dropout", "output (and aux) dropout"},
-      {"dropouti", "input dropout"},
-      {"dropouth", "hidden dropout"},
-      {"dropoutl", "MoS latent dropout"},
-      {"emb-dropout", "embedding dropout"},
-      {"wdrop", "weight drop on tap 0"},
-      {"wnorm", "weight normalisation (true|false; --wnorm / --no-wnorm)"},
-      {"aux", "weight of the aux losses"},
-      {"aux-freq", "aux outputs every F levels (0: none)"},
-      {"n-experts", "mixture of softmaxes experts (0: tied decoder)"},
-      {"alpha", "AR weight"},
-      {"beta", "TAR weight"},
-      {"init-std", "the core's weights and bias start from N(0, init-std) (the reference: 0.01)"},
-      {"untied", "one kernel per level instead of one for all: the gated TCN of the paper's comparison"},
-  };
-  return flags;
-}
-
-inline std::vector<FlagInfo> const& training_flags() {
-  static std::vector<FlagInfo> const flags{
-      {"optim", "adam|adamw|sgd"},
-      {"lr", "learning rate"},
-      {"wdecay", "weight decay (L2, added to the gradient; decoupled for adamw)"},
-      {"momentum", "SGD momentum"},
-      {"clip", "global gradient-norm clip (0: off)"},
-      {"batch-size", "batch size"},
-      {"seq-len", "sequence length (language models)"},
-      {"eval-batch-size", "batch size of evaluation"},
-      {"seed", "random seed"},
-      {"when", "epochs after which lr *= gamma, e.g. [10,20]"},
-      {"gamma", "factor of the step schedule"},
-      {"plateau-patience", "validations without improvement before lr *= plateau-factor (-1: off)"},
-      {"plateau-factor", "factor of the plateau schedule"},
-      {"anneal", "over this last fraction of the session (its minutes, or --max-steps if that ends it first), lr falls linearly to 0 (0: off)"},
-      {"eval-minutes", "training minutes between validations"},
-      {"valid-tokens", "validations during training score this many tokens / images (0: all)"},
-      {"checkpoint-minutes", "training minutes between checkpoints"},
-      {"max-steps", "stop after this many steps (0: no limit)"},
-      {"log-every", "steps per row of curves.csv"},
-  };
-  return flags;
-}
+using trellis::flags::Flags;
 
 /// Defaults per task and data set (printed by `trellis train --help`).
 inline Flags task_defaults(std::string const& task, std::string const& data) {
@@ -141,73 +80,6 @@ inline std::string defaults_help() {
   return out.str();
 }
 
-// ---------------------------------------------------------------- typed flags
-
-inline double to_number(Flags const& f, std::string const& name) {
-  auto const& v = f.at(name);
-  try {
-    std::size_t used = 0;
-    double const x = std::stod(v, &used);
-    if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(name);
-    return x;
-  } catch (std::exception const&) {
-    throw trellis::invalid_argument("--" + name + " " + v + ": not a number");
-  }
-}
-
-inline long to_integer(Flags const& f, std::string const& name) {
-  double const x = to_number(f, name);
-  if (x != std::floor(x)) throw trellis::invalid_argument("--" + name + " " + f.at(name) + ": not an integer");
-  return long(x);
-}
-
-inline std::vector<int> to_list(Flags const& f, std::string const& name) {
-  try {
-    auto const j = nlohmann::json::parse(f.at(name));
-    return j.get<std::vector<int>>();
-  } catch (std::exception const&) {
-    throw trellis::invalid_argument("--" + name + " " + f.at(name) + ": expected a list such as [1,2,4]");
-  }
-}
-
-inline bool to_bool(Flags const& f, std::string const& name) {
-  auto const& v = f.at(name);
-  if (v == "true" || v == "1") return true;
-  if (v == "false" || v == "0") return false;
-  throw trellis::invalid_argument("--" + name + " " + v + ": expected true or false");
-}
-
-inline double probability(Flags const& f, std::string const& name) {
-  double const p = to_number(f, name);
-  if (!(p >= 0 && p < 1)) throw trellis::invalid_argument("--" + name + " " + f.at(name) + ": not in [0, 1)");
-  return p;
-}
-
-inline long positive(Flags const& f, std::string const& name) {
-  long const v = to_integer(f, name);
-  if (v < 1) throw trellis::invalid_argument("--" + name + " " + f.at(name) + ": must be at least 1");
-  return v;
-}
-
-inline double init_std(Flags const& f) {
-  double const v = to_number(f, "init-std");
-  if (!(v > 0)) throw trellis::invalid_argument("--init-std " + f.at("init-std") + ": must be positive");
-  return v;
-}
-
-inline trellis::TrellisShape shape_from(Flags const& f) {
-  trellis::TrellisShape s;
-  s.ninp = int(positive(f, "ninp"));
-  s.nhid = int(to_integer(f, "nhid"));
-  s.nout = int(positive(f, "nout"));
-  s.nlevels = int(positive(f, "nlevels"));
-  s.dilation = to_list(f, "dilation");
-  s.aux_frequency = int(to_integer(f, "aux-freq"));
-  s.weight_norm = to_bool(f, "wnorm");
-  s.validate("trellis train");
-  return s;
-}
-
 // ---------------------------------------------------------------- data
 
 inline std::string data_root(std::string const& given) {
@@ -239,170 +111,43 @@ inline void check_task_data(std::string const& task, std::string const& data) {
 
 // ---------------------------------------------------------------- run directory
 
-/// Progress, curves and checkpoints of one run. Files are replaced atomically.
-class RunDirectory {
- public:
-  explicit RunDirectory(std::string dir) : dir_(std::move(dir)) {
-    std::error_code ec;
-    fs::create_directories(dir_, ec);
-    if (!fs::is_directory(dir_))
-      throw trellis::file_error(dir_ + ": cannot create the run directory" + (ec ? " (" + ec.message() + ")" : ""));
-    std::string const probe = dir_ + "/.write-test";
-    {
-      std::ofstream out(probe);
-      if (!out || !(out << "ok") || !out.flush())
-        throw trellis::file_error(dir_ + ": the run directory is not writable");
-    }
-    fs::remove(probe, ec);
-    log_.open(path("log.txt"), std::ios::app);
-    if (!log_) throw trellis::file_error(path("log.txt") + ": cannot open for appending");
-  }
+/// The run directory's log, echoed to stderr above the progress bar.
+template <class... Parts>
+void log(trellis::RunDirectory& run, Parts const&... parts) {
+  std::ostringstream line;
+  (line << ... << parts);
+  run.log(line.str());
+  std::fprintf(stderr, "\r\033[K%s\n", line.str().c_str());
+}
 
-  std::string path(std::string const& name) const { return dir_ + "/" + name; }
-
-  template <class... Parts>
-  void log(Parts const&... parts) {
-    std::ostringstream line;
-    (line << ... << parts);
-    log_ << line.str() << '\n';
-    log_.flush();
-    std::fprintf(stderr, "\r\033[K%s\n", line.str().c_str());
+/// curves.png from curves.csv with gnuplot (replaced atomically); warns once when it fails.
+inline void plot(trellis::RunDirectory& run, std::string const& metric, bool& warned) {
+  std::string const script = run.path("curves.gp");
+  {
+    std::ofstream gp(script, std::ios::trunc);
+    gp << "set terminal png size 900,600\n"
+       << "set output '" << run.path("curves.png.tmp") << "'\n"
+       << "set datafile separator ','\n"
+       << "set key autotitle columnhead\n"
+       << "set xlabel 'training minutes'\n"
+       << "set ylabel '" << metric << "'\n"
+       << "set grid\n"
+       << "set title 'trellis train: " << metric << "'\n"
+       << "plot '" << run.path("curves.csv") << "' using 3:6 with lines lw 2 title 'train', "
+       << "'' using 3:7 with linespoints pt 7 lw 2 title 'valid'\n";
   }
-
-  /// Rows of curves.csv; rewritten whole (temporary file, then rename) with its plot.
-  void add_curve_row(trellis::CurveRow const& r) {
-    std::ostringstream row;
-    row << r.step << ',' << r.epoch << ',' << r.trained_minutes << ',' << r.lr << ',';
-    // Full precision: resumed runs are compared with uninterrupted ones bit for bit.
-    if (!std::isnan(r.train_loss))
-      row << std::setprecision(17) << r.train_loss << ',' << std::setprecision(6) << r.train_metric;
-    else
-      row << ',';
-    row << ',';
-    if (!std::isnan(r.valid)) row << r.valid;
-    curve_rows_.push_back(row.str());
+  std::string const cmd = "gnuplot '" + script + "' 2>/dev/null";
+  std::error_code ec;
+  if (std::system(cmd.c_str()) == 0 && fs::exists(run.path("curves.png.tmp"))) {
+    fs::rename(run.path("curves.png.tmp"), run.path("curves.png"), ec);
+  } else if (!warned) {
+    warned = true;
+    log(run, "warning: gnuplot failed; curves.png not written (install gnuplot-nox)");
   }
-  void load_curves() {
-    std::ifstream in(path("curves.csv"));
-    std::string line;
-    bool header = true;
-    while (std::getline(in, line)) {
-      if (header) {
-        header = false;
-        continue;
-      }
-      if (!line.empty()) curve_rows_.push_back(line);
-    }
-  }
-  void write_curves(std::string const& metric) {
-    std::string const tmp = path("curves.csv.tmp");
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      out << "step,epoch,train_minutes,lr,train_loss,train_" << metric << ",valid_" << metric << "\n";
-      for (auto const& r : curve_rows_) out << r << "\n";
-      if (!out.flush()) throw trellis::file_error(tmp + ": writing failed");
-    }
-    fs::rename(tmp, path("curves.csv"));
-    plot(metric);
-  }
-
- private:
-  void plot(std::string const& metric) {
-    std::string const script = path("curves.gp");
-    {
-      std::ofstream gp(script, std::ios::trunc);
-      gp << "set terminal png size 900,600\n"
-         << "set output '" << path("curves.png.tmp") << "'\n"
-         << "set datafile separator ','\n"
-         << "set key autotitle columnhead\n"
-         << "set xlabel 'training minutes'\n"
-         << "set ylabel '" << metric << "'\n"
-         << "set grid\n"
-         << "set title 'trellis train: " << metric << "'\n"
-         << "plot '" << path("curves.csv") << "' using 3:6 with lines lw 2 title 'train', "
-         << "'' using 3:7 with linespoints pt 7 lw 2 title 'valid'\n";
-    }
-    std::string const cmd = "gnuplot '" + script + "' 2>/dev/null";
-    if (std::system(cmd.c_str()) == 0 && fs::exists(path("curves.png.tmp"))) {
-      std::error_code ec;
-      fs::rename(path("curves.png.tmp"), path("curves.png"), ec);
-    } else if (!warned_) {
-      warned_ = true;
-      log("warning: gnuplot failed; curves.png not written (install gnuplot-nox)");
-    }
-    std::error_code ec;
-    fs::remove(script, ec);
-  }
-
-  std::string dir_;
-  std::ofstream log_;
-  std::vector<std::string> curve_rows_;
-  bool warned_ = false;
-};
+  fs::remove(script, ec);
+}
 
 // ---------------------------------------------------------------- tasks
-
-inline trellis::OptimizerKind optimizer_kind(Flags const& f) {
-  auto const& name = f.at("optim");
-  if (name == "adam" || name == "adamw") return trellis::OptimizerKind::adam;
-  if (name == "sgd") return trellis::OptimizerKind::sgd;
-  throw trellis::invalid_argument("--optim " + name + ": expected adam, adamw or sgd");
-}
-
-inline trellis::OptimizerOptions optimizer_options(Flags const& f) {
-  trellis::OptimizerOptions o;
-  o.lr = to_number(f, "lr");
-  o.weight_decay = to_number(f, "wdecay");
-  o.momentum = to_number(f, "momentum");
-  o.decoupled = f.at("optim") == "adamw";
-  return o;
-}
-
-/// The flags every task shares: the core's dropouts and initialisation, the optimiser.
-template <class Options, class Config>
-void common_options(Flags const& f, Options& o, Config& c) {
-  c.core = shape_from(f);
-  c.dropout = probability(f, "dropout");
-  c.dropouti = probability(f, "dropouti");
-  c.dropouth = probability(f, "dropouth");
-  c.wdrop = probability(f, "wdrop");
-  c.init_std = init_std(f);
-  o.optimizer = optimizer_kind(f);
-  o.optimizer_options = optimizer_options(f);
-  o.clip = to_number(f, "clip");
-  o.batch_size = positive(f, "batch-size");
-  o.eval_batch_size = positive(f, "eval-batch-size");
-  o.seed = std::uint64_t(to_integer(f, "seed"));
-}
-
-inline trellis::LanguageTaskOptions language_options(Flags const& f) {
-  trellis::LanguageTaskOptions o;
-  auto& c = o.model;
-  common_options(f, o, c);
-  c.n_experts = int(to_integer(f, "n-experts"));
-  c.dropoutl = probability(f, "dropoutl");
-  c.emb_dropout = probability(f, "emb-dropout");
-  c.aux = to_number(f, "aux");
-  c.alpha = to_number(f, "alpha");
-  c.beta = to_number(f, "beta");
-  o.seq_len = positive(f, "seq-len");
-  o.valid_tokens = to_integer(f, "valid-tokens");
-  return o;
-}
-
-inline trellis::ClassifierTaskOptions classifier_options(Flags const& f, std::string const& data) {
-  trellis::ClassifierTaskOptions o;
-  common_options(f, o, o.model);
-  bool const rows = data == "fashion-row";
-  long const want = rows ? 28 : 1;
-  if (o.model.core.ninp != want)
-    throw trellis::invalid_argument("--ninp " + std::to_string(o.model.core.ninp) + ": --data " + data + " feeds " +
-                                    std::to_string(want) + " value(s) per step");
-  o.sequence = rows ? trellis::ImageSequence::rows : trellis::ImageSequence::pixels;
-  if (data.find("permuted") != std::string::npos) o.permutation = trellis::pixel_permutation(784, o.seed);
-  o.valid_images = to_integer(f, "valid-tokens");
-  return o;
-}
 
 inline trellis::data::ImageSplits load_images(std::string const& data, std::string const& root) {
   if (data.rfind("fashion", 0) == 0) return trellis::data::load_fashion_mnist(fashion_dir(root));
@@ -433,34 +178,13 @@ std::string gemm_precision(Exec const&, TrainSettings const& s) {
                                                : " (--bf16: this CPU has no AMX-BF16, GEMMs stay fp32)";
 }
 
-/// The trainer's options from the flags: budget, cadences, schedule, checkpoint.
+/// The trainer's options from the flags, with the run's checkpoint and its metadata.
 inline trellis::TrainerOptions trainer_options(TrainSettings const& s, std::string const& checkpoint) {
-  auto const& f = s.flags;
-  trellis::TrainerOptions o;
-  o.max_seconds = s.minutes * 60;
-  o.max_steps = to_integer(f, "max-steps");
-  o.anneal = to_number(f, "anneal");
-  if (!(o.anneal >= 0 && o.anneal <= 1)) throw trellis::invalid_argument("--anneal " + f.at("anneal") + ": not in [0, 1]");
-  o.eval_every_seconds = to_number(f, "eval-minutes") * 60;
-  o.checkpoint_every_seconds = to_number(f, "checkpoint-minutes") * 60;
-  o.log_every = positive(f, "log-every");
-  o.seed = std::uint64_t(to_integer(f, "seed"));
-  auto const when = to_list(f, "when");
-  long const patience = to_integer(f, "plateau-patience");
-  if (!when.empty()) {
-    o.schedule.kind = trellis::LrSchedule::Kind::steps;
-    o.schedule.milestones = when;
-    o.schedule.gamma = to_number(f, "gamma");
-  } else if (patience >= 0) {
-    o.schedule.kind = trellis::LrSchedule::Kind::plateau;
-    o.schedule.patience = int(patience);
-    o.schedule.factor = to_number(f, "plateau-factor");
-  }
+  auto o = trellis::flags::trainer_options(s.flags, s.minutes * 60);
   o.checkpoint_path = checkpoint;
   o.checkpoint_dtype = s.fp64 ? trellis::safetensors::dtype_of<double>() : trellis::safetensors::dtype_of<float>();
   o.configuration = {{"task", s.task}, {"data", s.data}};
   o.metadata["precision"] = s.fp64 ? "fp64" : "fp32";
-  for (auto const& [k, v] : f) o.metadata["flag." + k] = v;
   return o;
 }
 
@@ -468,16 +192,19 @@ inline trellis::TrainerOptions trainer_options(TrainSettings const& s, std::stri
 /// the run directory's log, curves and checkpoint, then scores the test split.
 template <class Exec, class Task>
 void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
-  RunDirectory run(s.run_dir);
-  std::string const ckpt = run.path("checkpoint.safetensors");
+  trellis::RunDirectory run(s.run_dir);
+  std::string const ckpt = run.checkpoint_path();
+  bool plot_warned = false;
   std::string const metric = task.metric();
   auto const options = trainer_options(s, ckpt);
   double last_bar = -1e9;
   trellis::TrainerCallbacks callbacks;
-  callbacks.log = [&](std::string const& line) { run.log(line); };
+  callbacks.log = [&](std::string const& line) { log(run, line); };
   callbacks.curve = [&](trellis::CurveRow const& row) {
     run.add_curve_row(row);
-    if (!std::isnan(row.valid)) run.write_curves(metric);
+    if (std::isnan(row.valid)) return;
+    run.write_curves(metric);
+    plot(run, metric, plot_warned);
   };
   callbacks.progress = [&](trellis::TrainerProgress const& p) {
     double const now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -493,12 +220,12 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
     trainer.resume(ckpt);
     run.load_curves();
   }
-  run.log("train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
+  log(run, "train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
           gemm_precision(Exec(), s), ", ", task.batches_per_epoch(), " batches per epoch, for ", s.minutes,
           " minutes of training");
   trainer.run();
   double const test = task.evaluate("test");
-  run.log("test ", metric, " ", test);
+  log(run, "test ", metric, " ", test);
   std::printf("test %s %.4f\n", metric.c_str(), test);
 }
 
@@ -512,7 +239,7 @@ void configure_core(Core& core, TrainSettings const& s) {
 /// Builds the task named by the settings and calls f(task).
 template <class Exec, class Scalar, class F>
 void with_task(Exec const& space, TrainSettings const& s, F&& f) {
-  if (to_bool(s.flags, "untied")) with_task<Exec, Scalar, trellis::Untied>(space, s, f);
+  if (trellis::flags::boolean(s.flags, "untied")) with_task<Exec, Scalar, trellis::Untied>(space, s, f);
   else with_task<Exec, Scalar, trellis::TiedAcrossDepth>(space, s, f);
 }
 
@@ -520,7 +247,7 @@ template <class Exec, class Scalar, class WeightTying, class F>
 void with_task(Exec const& space, TrainSettings const& s, F&& f) {
   if (s.task == "charlm" || s.task == "wordlm") {
     bool const words = s.task == "wordlm";
-    auto options = language_options(s.flags);
+    auto options = trellis::flags::language_task_options(s.flags);
     if (words && options.seq_len <= options.model.core.nlevels)
       throw trellis::invalid_argument("--seq-len " + std::to_string(options.seq_len) +
                                       ": wordlm scores the positions after the first nlevels (" +
@@ -532,7 +259,7 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
     configure_core(task.model().core(), s);
     f(task);
   } else {
-    trellis::ClassifierTask<Exec, Scalar, WeightTying> task(space, classifier_options(s.flags, s.data),
+    trellis::ClassifierTask<Exec, Scalar, WeightTying> task(space, trellis::flags::classifier_task_options(s.flags, s.data),
                                                             load_images(s.data, s.data_root));
     configure_core(task.model().core(), s);
     f(task);

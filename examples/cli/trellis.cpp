@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include <trellis/io/run_model.hpp>
 #include <trellis/trellis.hpp>
 
 #include "train.hpp"
@@ -42,117 +43,28 @@ struct Common {
   }
 };
 
-std::string default_backend() {
-#if defined(KOKKOS_ENABLE_CUDA)
-  return "cuda";
-#elif defined(KOKKOS_ENABLE_OPENMP)
-  return "openmp";
-#else
-  return "serial";
-#endif
-}
-
-std::string enabled_backends() {
-  std::string out;
-#if defined(KOKKOS_ENABLE_SERIAL)
-  out += " serial";
-#endif
-#if defined(KOKKOS_ENABLE_OPENMP)
-  out += " openmp";
-#endif
-#if defined(KOKKOS_ENABLE_CUDA)
-  out += " cuda";
-#endif
-  return out;
-}
-
-/// Calls f.template operator()<Exec>() for the execution space named by `backend`.
-template <class F>
-void with_backend(std::string const& backend, F&& f) {
-#if defined(KOKKOS_ENABLE_SERIAL)
-  if (backend == "serial") return f.template operator()<Kokkos::Serial>();
-#endif
-#if defined(KOKKOS_ENABLE_OPENMP)
-  if (backend == "openmp") return f.template operator()<Kokkos::OpenMP>();
-#endif
-#if defined(KOKKOS_ENABLE_CUDA)
-  if (backend == "cuda") return f.template operator()<Kokkos::Cuda>();
-#endif
-  throw trellis::invalid_argument("--backend " + backend + ": not enabled in this build (enabled:" +
-                                  enabled_backends() + ")");
-}
-
-template <class F>
-void with_precision(std::string const& precision, F&& f) {
-  if (precision == "fp32") return f(float{});
-  if (precision == "fp64") return f(double{});
-  throw trellis::invalid_argument("--precision " + precision + ": expected fp32 or fp64");
-}
-
-/// f(TiedAcrossDepth{}) or, for a file or flag that says untied, f(Untied{}).
-template <class F>
-void with_weight_tying(bool untied, F&& f) {
-  if (untied) return f(trellis::Untied{});
-  return f(trellis::TiedAcrossDepth{});
-}
-
-template <class F>
-void with_cell(trellis::RecurrentCell cell, F&& f) {
-  switch (cell) {
-    case trellis::RecurrentCell::lstm: return f(trellis::LSTMGating{});
-    case trellis::RecurrentCell::rnn_tanh: return f(trellis::ElementwiseTanh{});
-    case trellis::RecurrentCell::rnn_relu: return f(trellis::ElementwiseRelu{});
-  }
-}
-
 struct FromRnn {
   std::string state_dict, cell, input, output;
   int history = 0;
 };
-
-template <class Exec, class Scalar, class Activation>
-void run_from_rnn(FromRnn const& a, Common const& common, trellis::RecurrentWeights const& w,
-                  trellis::safetensors::File const& input) {
-  Exec space;
-  auto const shape = trellis::trellis_shape_for(w, a.history);
-  using Net = trellis::TrellisNetwork<Exec, Scalar, trellis::TiedAcrossDepth, trellis::RnnSparse, Activation>;
-  Net net(space, shape);
-  net.set_math_mode(common.math_mode());
-  trellis::load_recurrent(net.parameters(), w);
-  auto const& xt = input.at(a.input, "x");
-  if (xt.shape.size() != 3 || xt.shape[2] != w.input_size || xt.shape[0] < 1 || xt.shape[1] < 1)
-    trellis::fail_tensor_shape(a.input, "x", trellis::tensor_shape(xt),
-                               "(T, N, " + std::to_string(w.input_size) + ") with T, N >= 1");
-  long const T = xt.shape[0], N = xt.shape[1], d = w.hidden_size, q = shape.q();
-  typename Net::sequence_view x("x", T, N, w.input_size), y("y", T, N, d);
-  trellis::from_tensor(x, xt, a.input, "x");
-  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q);
-  typename Net::cache_type cache;
-  auto const start = std::chrono::steady_clock::now();
-  net.forward(space, x, h0, c0, y, h, c, {}, cache);
-  space.fence();
-  double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  trellis::safetensors::File out;
-  out.tensors["y"] = trellis::to_tensor(y, trellis::safetensors::dtype_of<Scalar>());
-  out.metadata["cell"] = a.cell;
-  out.metadata["history"] = std::to_string(a.history);
-  out.metadata["layers"] = std::to_string(w.layers());
-  trellis::safetensors::write(a.output, out);
-  std::fprintf(stderr, "trellis from-rnn: %s, %d layers, hidden %d, history %d: %ld levels on %s in %.3f s\n",
-               a.cell.c_str(), w.layers(), w.hidden_size, a.history, long(shape.nlevels), Exec::name(), seconds);
-  std::printf("wrote y (%ld, %ld, %ld) to %s\n", T, N, d, a.output.c_str());
-}
 
 void from_rnn(FromRnn const& a, Common const& common) {
   auto const cell = trellis::parse_cell(a.cell);
   auto const sd = trellis::safetensors::read(a.state_dict);
   auto const w = trellis::recurrent_from_pytorch(sd, cell, a.state_dict);
   auto const input = trellis::safetensors::read(a.input);
-  with_backend(common.backend, [&]<class Exec>() {
-    with_precision(common.precision, [&](auto scalar) {
-      with_cell(cell, [&](auto activation) {
-        run_from_rnn<Exec, decltype(scalar), decltype(activation)>(a, common, w, input);
-      });
+  trellis::with_backend(common.backend, [&]<class Exec>() {
+    trellis::with_precision(common.precision, [&](auto scalar) {
+      auto const start = std::chrono::steady_clock::now();
+      auto const out = trellis::run_recurrent_file<Exec, decltype(scalar)>(Exec(), w, a.history, input, a.input,
+                                                                            common.math_mode());
+      double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      trellis::safetensors::write(a.output, out);
+      auto const& y = out.tensors.at("y").shape;
+      std::fprintf(stderr, "trellis from-rnn: %s, %d layers, hidden %d, history %d: %d levels on %s in %.3f s\n",
+                   a.cell.c_str(), w.layers(), w.hidden_size, a.history,
+                   trellis::trellis_shape_for(w, a.history).nlevels, Exec::name(), seconds);
+      std::printf("wrote y (%ld, %ld, %ld) to %s\n", long(y[0]), long(y[1]), long(y[2]), a.output.c_str());
     });
   });
 }
@@ -161,99 +73,18 @@ struct RunCommand {
   std::string model, input, output;
 };
 
-/// Every input tensor must be one `run` reads: a misspelt name is an error, not ignored.
-void check_input_names(trellis::safetensors::File const& input, std::string const& path,
-                       std::set<std::string> const& names) {
-  for (auto const& [name, t] : input.tensors)
-    if (!names.count(name)) {
-      std::string list;
-      for (auto const& n : names) list += " " + n;
-      throw trellis::file_error(path + ": tensor '" + name + "' is not an input of this model (inputs:" + list + ")");
-    }
-}
-
-
-/// The core: x (N, ninp, L), optional h, c (N, q, 1) -> out (N, L, nout), h, c, aux.
-template <class Exec, class Scalar, class WeightTying>
-void run_core(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
-              trellis::safetensors::File const& input) {
-  Exec space;
-  auto const shape = trellis::read_core_shape(model, a.model);
-  using Net = trellis::TrellisNetwork<Exec, Scalar, WeightTying>;
-  Net net(space, shape);
-  net.set_math_mode(common.math_mode());
-  trellis::read_core_model(model, a.model, net);
-  check_input_names(input, a.input, {"x", "h", "c"});
-  auto const& xt = input.at(a.input, "x");
-  if (xt.shape.size() != 3 || xt.shape[1] != shape.ninp || xt.shape[0] < 1 || xt.shape[2] < 1)
-    trellis::fail_tensor_shape(a.input, "x", trellis::tensor_shape(xt),
-                               "(N, " + std::to_string(shape.ninp) + ", L) with N, L >= 1");
-  long const N = xt.shape[0], L = xt.shape[2], q = shape.q();
-  typename Net::sequence_view x("x", L, N, shape.ninp), out("out", L, N, shape.nout);
-  trellis::sequence_from_torch(x, xt, a.input, "x");
-  typename Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), c("c", N, q);
-  if (input.has("h")) trellis::state_from_torch(h0, input.at(a.input, "h"), a.input, "h");
-  if (input.has("c")) trellis::state_from_torch(c0, input.at(a.input, "c"), a.input, "c");
-  typename Net::aux_view aux;
-  if (shape.naux() > 0) aux = typename Net::aux_view("aux", shape.naux(), L, N, shape.nout);
-  typename Net::cache_type cache;
-  net.forward(space, x, h0, c0, out, h, c, aux, cache);
-  trellis::safetensors::File o;
-  constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
-  o.tensors["out"] = trellis::output_to_torch(out, dtype);
-  o.tensors["h"] = trellis::state_to_torch(h, dtype);
-  o.tensors["c"] = trellis::state_to_torch(c, dtype);
-  if (shape.naux() > 0) o.tensors["aux"] = trellis::aux_to_torch(aux, dtype);
-  trellis::safetensors::write(a.output, o);
-  std::printf("wrote out (%ld, %ld, %d), h, c%s to %s\n", N, L, shape.nout, shape.naux() > 0 ? ", aux" : "",
-              a.output.c_str());
-}
-
-/// The language model: tokens (N, L), optional h, c -> log_probs (N, L, ntoken), h, c.
-template <class Exec, class Scalar, class WeightTying>
-void run_language_model(RunCommand const& a, Common const& common, trellis::safetensors::File const& model,
-                        trellis::safetensors::File const& input) {
-  Exec space;
-  using Model = trellis::LanguageModel<Exec, Scalar, WeightTying>;
-  Model lm(space, trellis::read_language_model_config(model, a.model));
-  lm.core().set_math_mode(common.math_mode());
-  trellis::read_language_model(model, a.model, lm);
-  check_input_names(input, a.input, {"tokens", "h", "c"});
-  auto const& tt = input.at(a.input, "tokens");
-  if (tt.shape.size() != 2 || tt.shape[0] < 1 || tt.shape[1] < 1)
-    trellis::fail_tensor_shape(a.input, "tokens", trellis::tensor_shape(tt), "(N, L) with N, L >= 1");
-  long const N = tt.shape[0], L = tt.shape[1], V = lm.config().ntoken;
-  Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Exec::memory_space> tokens("tokens", L, N);
-  trellis::tokens_from_torch(tokens, tt, V, a.input, "tokens");
-  auto state = lm.make_state(N);
-  if (input.has("h")) trellis::state_from_torch(state.h, input.at(a.input, "h"), a.input, "h");
-  if (input.has("c")) trellis::state_from_torch(state.c, input.at(a.input, "c"), a.input, "c");
-  typename Model::matrix log_probs("log_probs", L * N, V);
-  // Scoring the tokens against themselves only fills log_probs; the NLL is not used.
-  lm.evaluate(space, tokens, tokens, 0, state, log_probs);
-  trellis::safetensors::File o;
-  constexpr auto dtype = trellis::safetensors::dtype_of<Scalar>();
-  o.tensors["log_probs"] = trellis::rows_to_torch(log_probs, L, N, dtype);
-  o.tensors["h"] = trellis::state_to_torch(state.h, dtype);
-  o.tensors["c"] = trellis::state_to_torch(state.c, dtype);
-  trellis::safetensors::write(a.output, o);
-  std::printf("wrote log_probs (%ld, %ld, %ld), h, c to %s\n", N, L, V, a.output.c_str());
-}
-
 void run(RunCommand const& a, Common const& common) {
   auto const model = trellis::safetensors::read(a.model);
   auto const input = trellis::safetensors::read(a.input);
-  bool const language_model = model.metadata.count("ntoken") > 0;
-  auto const tying = model.metadata.find("weight_tying");
-  bool const untied = tying != model.metadata.end() && tying->second == trellis::Untied::name;
-  with_backend(common.backend, [&]<class Exec>() {
-    with_precision(common.precision, [&](auto scalar) {
-      with_weight_tying(untied, [&](auto t) {
-        using Scalar = decltype(scalar);
-        using Tying = decltype(t);
-        if (language_model) run_language_model<Exec, Scalar, Tying>(a, common, model, input);
-        else run_core<Exec, Scalar, Tying>(a, common, model, input);
-      });
+  trellis::with_backend(common.backend, [&]<class Exec>() {
+    trellis::with_precision(common.precision, [&](auto scalar) {
+      auto const out =
+          trellis::run_model_file<Exec, decltype(scalar)>(Exec(), model, a.model, input, a.input, common.math_mode());
+      trellis::safetensors::write(a.output, out);
+      auto const name = out.has("log_probs") ? "log_probs" : "out";
+      auto const& shape = out.tensors.at(name).shape;
+      std::printf("wrote %s (%ld, %ld, %ld), h, c%s to %s\n", name, long(shape[0]), long(shape[1]), long(shape[2]),
+                  out.has("aux") ? ", aux" : "", a.output.c_str());
     });
   });
 }
@@ -267,32 +98,14 @@ struct TrainCommand {
   CLI::Option* wnorm_off = nullptr;  ///< --no-wnorm; with --wnorm it gives the flag "wnorm"
 };
 
-/// The flags of a run: the task's defaults (or, resuming or evaluating, the
-/// checkpoint's), overridden by what the command line gives; resuming, a flag that
-/// differs from the checkpoint's is an error.
+/// The task's defaults, (resuming or evaluating) the checkpoint's, then the command line's.
 trellis_cli::Flags resolve_flags(TrainCommand const& t, trellis::safetensors::File const* checkpoint,
                                  std::string const& checkpoint_path, bool allow_override) {
-  trellis_cli::Flags flags = trellis_cli::task_defaults(t.task, t.data);
-  if (checkpoint)
-    for (auto& [k, v] : flags) {
-      auto it = checkpoint->metadata.find("flag." + k);
-      if (it != checkpoint->metadata.end()) v = it->second;
-    }
-  for (auto const& [k, opt] : t.options) {
-    bool const given_flag = opt->count() > 0 || (k == "wnorm" && t.wnorm_off && t.wnorm_off->count() > 0);
-    if (!given_flag) continue;
-    auto const& given = t.values.at(k);
-    // How long, how often and how much to validate may change when resuming; what
-    // defines the model and its optimisation may not.
-    static std::set<std::string> const run_control{"max-steps",   "eval-minutes",    "checkpoint-minutes",
-                                                   "log-every",   "valid-tokens",    "eval-batch-size"};
-    if (checkpoint && !allow_override && flags[k] != given && !run_control.count(k))
-      throw trellis::invalid_argument("--" + k + " " + given + ": the checkpoint " + checkpoint_path +
-                                      " was trained with --" + k + " " + flags[k] +
-                                      " (drop the flag, or start a new run directory)");
-    flags[k] = given;
-  }
-  return flags;
+  trellis_cli::Flags given;
+  for (auto const& [k, opt] : t.options)
+    if (opt->count() > 0 || (k == "wnorm" && t.wnorm_off && t.wnorm_off->count() > 0)) given[k] = t.values.at(k);
+  return trellis::flags::resolve(trellis_cli::task_defaults(t.task, t.data), checkpoint ? &checkpoint->metadata : nullptr,
+                                 checkpoint_path, given, !allow_override);
 }
 
 void train(TrainCommand& t, Common const& common) {
@@ -322,8 +135,8 @@ void train(TrainCommand& t, Common const& common) {
       throw trellis::invalid_argument("--run-dir " + t.run_dir + ": holds a checkpoint already; pass --resume to continue it, or choose another directory");
     s.flags = resolve_flags(t, nullptr, "", true);
   }
-  with_backend(common.backend, [&]<class Exec>() {
-    with_precision(common.precision, [&](auto scalar) {
+  trellis::with_backend(common.backend, [&]<class Exec>() {
+    trellis::with_precision(common.precision, [&](auto scalar) {
       using Scalar = decltype(scalar);
       Exec space;
       trellis_cli::with_task<Exec, Scalar>(space, s, [&](auto& task) { trellis_cli::train_loop(space, task, s); });
@@ -347,8 +160,8 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   s.math = common.math_mode();
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
-  with_backend(common.backend, [&]<class Exec>() {
-    with_precision(common.precision, [&](auto scalar) {
+  trellis::with_backend(common.backend, [&]<class Exec>() {
+    trellis::with_precision(common.precision, [&](auto scalar) {
       Exec space;
       trellis_cli::evaluate_checkpoint<Exec, decltype(scalar)>(space, s, t.checkpoint, t.split);
     });
@@ -361,7 +174,7 @@ int main(int argc, char** argv) {
   CLI::App app{"trellis: Trellis Networks on Kokkos"};
   app.require_subcommand(1);
   Common common;
-  common.backend = default_backend();
+  common.backend = trellis::default_backend();
   auto add_common = [&](CLI::App* sub) {
     sub->add_option("--backend", common.backend, "serial|openmp|cuda (default: the best enabled)")
         ->capture_default_str();
@@ -404,7 +217,7 @@ int main(int argc, char** argv) {
 
   TrainCommand tr;
   auto add_model_flags = [&](CLI::App* sub) {
-    for (auto const* list : {&trellis_cli::model_flags(), &trellis_cli::training_flags()})
+    for (auto const* list : {&trellis::flags::model_flags(), &trellis::flags::training_flags()})
       for (auto const& info : *list) {
         if (std::string(info.name) == "wnorm" || std::string(info.name) == "untied") continue;
         // As argparse: a flag given twice takes its last value.

@@ -1,7 +1,13 @@
 #pragma once
 // Starting Kokkos from a program that takes a thread count (the trellis program, the
-// examples); a program that owns its Kokkos setup does not need this.
+// examples), and from names chosen at run time (a backend, a precision) to the
+// execution space and scalar type the templates take. A program that owns its Kokkos
+// setup and types does not need this.
 #include <Kokkos_Core.hpp>
+
+#include <string>
+
+#include <trellis/errors.hpp>
 
 namespace trellis {
 
@@ -17,6 +23,56 @@ inline void initialize_kokkos(int num_threads) {
   if (num_threads > 0) args.num_threads = num_threads;
   Kokkos::initialize(args);
 #endif
+}
+
+/// The best backend this build enables: cuda, else openmp, else serial.
+inline std::string default_backend() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  return "cuda";
+#elif defined(KOKKOS_ENABLE_OPENMP)
+  return "openmp";
+#else
+  return "serial";
+#endif
+}
+
+/// The backends this build enables, each after a space.
+inline std::string enabled_backends() {
+  std::string out;
+#if defined(KOKKOS_ENABLE_SERIAL)
+  out += " serial";
+#endif
+#if defined(KOKKOS_ENABLE_OPENMP)
+  out += " openmp";
+#endif
+#if defined(KOKKOS_ENABLE_CUDA)
+  out += " cuda";
+#endif
+  return out;
+}
+
+/// f.template operator()<Exec>() for the execution space named `backend` (serial,
+/// openmp, cuda); a backend this build lacks is an error listing those it has.
+template <class F>
+void with_backend(std::string const& backend, F&& f) {
+#if defined(KOKKOS_ENABLE_SERIAL)
+  if (backend == "serial") return f.template operator()<Kokkos::Serial>();
+#endif
+#if defined(KOKKOS_ENABLE_OPENMP)
+  if (backend == "openmp") return f.template operator()<Kokkos::OpenMP>();
+#endif
+#if defined(KOKKOS_ENABLE_CUDA)
+  if (backend == "cuda") return f.template operator()<Kokkos::Cuda>();
+#endif
+  throw invalid_argument("--backend " + backend + ": not enabled in this build (enabled:" + enabled_backends() + ")");
+}
+
+/// f(float{}) for "fp32", f(double{}) for "fp64".
+template <class F>
+void with_precision(std::string const& precision, F&& f) {
+  if (precision == "fp32") return f(float{});
+  if (precision == "fp64") return f(double{});
+  throw invalid_argument("--precision " + precision + ": expected fp32 or fp64");
 }
 
 }  // namespace trellis

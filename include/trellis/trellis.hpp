@@ -33,14 +33,17 @@
 // io: files in the reference's names and layouts
 #include <trellis/io/core_file.hpp>
 #include <trellis/io/model_files.hpp>
+#include <trellis/io/run_model.hpp>
 #include <trellis/io/safetensors.hpp>
 #include <trellis/io/tensor_io.hpp>
 #include <trellis/io/torch_layout.hpp>
 
 // train: optimisers, schedules, tasks and the trainer
 #include <trellis/train/classifier_task.hpp>
+#include <trellis/train/flags.hpp>
 #include <trellis/train/language_task.hpp>
 #include <trellis/train/optimizers.hpp>
+#include <trellis/train/run_directory.hpp>
 #include <trellis/train/schedule.hpp>
 #include <trellis/train/step_result.hpp>
 #include <trellis/train/trainer.hpp>

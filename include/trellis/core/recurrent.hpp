@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <trellis/core/activation.hpp>
 #include <trellis/core/rnn_sparse.hpp>
 #include <trellis/core/shape.hpp>
 #include <trellis/errors.hpp>
@@ -28,6 +29,16 @@ inline RecurrentCell parse_cell(std::string const& name) {
   if (name == "rnn-tanh") return RecurrentCell::rnn_tanh;
   if (name == "rnn-relu") return RecurrentCell::rnn_relu;
   detail::fail("trellis::parse_cell: unknown cell '", name, "' (lstm, rnn-tanh or rnn-relu)");
+}
+
+/// f(activation) with the TrellisNet activation that reproduces `cell`.
+template <class F>
+decltype(auto) with_cell(RecurrentCell cell, F&& f) {
+  switch (cell) {
+    case RecurrentCell::rnn_tanh: return f(ElementwiseTanh{});
+    case RecurrentCell::rnn_relu: return f(ElementwiseRelu{});
+    default: return f(LSTMGating{});
+  }
 }
 
 /// Weights of an M-layer recurrent network without bias. Layer j computes

@@ -27,4 +27,12 @@ template <class T>
 inline constexpr bool is_weight_tying_v =
     std::is_same_v<T, TiedAcrossDepth> || std::is_same_v<T, Untied>;
 
+/// f(Untied{}) when `untied` (a file's metadata or a flag said so), else f(TiedAcrossDepth{}):
+/// from a choice made at run time to the compile-time policy.
+template <class F>
+decltype(auto) with_weight_tying(bool untied, F&& f) {
+  if (untied) return f(Untied{});
+  return f(TiedAcrossDepth{});
+}
+
 }  // namespace trellis
