@@ -3,7 +3,8 @@
 // (State of the Union) and seqclass (Fashion-MNIST, MNIST digits) turned into the
 // library's task and trainer options; the run directory with its log, curves (CSV and
 // a gnuplot PNG) and checkpoint; the progress bar; the test metric as the last stdout
-// line. The training itself is trellis::Trainer.
+// line. The training itself is trellis::Trainer. Under mpirun every rank runs this
+// with its share of the batch; rank 0 alone writes the run directory and stdout.
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -15,7 +16,9 @@
 #include <fstream>
 #include <iomanip>
 #include <map>
+#include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -164,7 +167,34 @@ struct TrainSettings {
   trellis::blas::MathMode math = trellis::blas::MathMode::strict;  ///< the core's GEMM precision (--tf32, --bf16)
   int recompute = 1;       ///< the core's level recomputation interval (1: off, 0: about sqrt(levels))
   Flags flags;  ///< every model and training flag, resolved
+  trellis::Communicator* comm = &trellis::single_process();  ///< the ranks sharing the work
+  std::size_t bucket_bytes = std::size_t(25) << 20;          ///< data-parallel: gradient bucket size
 };
+
+/// Thrown on the ranks that set up fine when another did not (its message says why).
+struct PeerFailed : std::runtime_error {
+  PeerFailed() : std::runtime_error("stopping: another rank failed to set up (its message says why)") {}
+};
+
+/// Whether every rank has set up: from then on an error on one rank ends the job
+/// (the others may be waiting on it in a sum); before, the ranks agree to stop.
+inline bool& running() {
+  static bool r = false;
+  return r;
+}
+
+/// Every rank has loaded its data, model and checkpoint, or none goes on.
+inline void setup_done(trellis::Communicator& comm) {
+  if (!comm.agree(true)) throw PeerFailed();
+  running() = true;
+}
+
+/// How the run shares its work, for the log ("" alone).
+inline std::string data_parallel_note(TrainSettings const& s) {
+  if (s.comm->size() == 1) return "";
+  long const rows = trellis::flags::positive(s.flags, "batch-size") / s.comm->size();
+  return "; data-parallel: " + s.comm->description() + ", " + std::to_string(rows) + " rows of the batch per rank";
+}
 
 /// How the core's GEMMs round, as the log says it (--bf16 falls back to fp32 on CPUs
 /// without AMX-BF16, and the log says so).
@@ -188,25 +218,19 @@ inline trellis::TrainerOptions trainer_options(TrainSettings const& s, std::stri
   return o;
 }
 
-/// Trains `task` for the settings' minutes of training through trellis::Trainer, with
-/// the run directory's log, curves and checkpoint, then scores the test split.
+/// Log, curves (CSV and plot) and progress bar of rank 0's run directory.
 template <class Exec, class Task>
-void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
-  trellis::RunDirectory run(s.run_dir);
-  std::string const ckpt = run.checkpoint_path();
-  bool plot_warned = false;
-  std::string const metric = task.metric();
-  auto const options = trainer_options(s, ckpt);
-  double last_bar = -1e9;
+trellis::TrainerCallbacks run_directory_callbacks(trellis::RunDirectory& run, Task& task, std::string const& metric,
+                                                  bool& plot_warned, double& last_bar) {
   trellis::TrainerCallbacks callbacks;
-  callbacks.log = [&](std::string const& line) { log(run, line); };
-  callbacks.curve = [&](trellis::CurveRow const& row) {
+  callbacks.log = [&run](std::string const& line) { log(run, line); };
+  callbacks.curve = [&run, &metric, &plot_warned](trellis::CurveRow const& row) {
     run.add_curve_row(row);
     if (std::isnan(row.valid)) return;
     run.write_curves(metric);
     plot(run, metric, plot_warned);
   };
-  callbacks.progress = [&](trellis::TrainerProgress const& p) {
+  callbacks.progress = [&task, &last_bar](trellis::TrainerProgress const& p) {
     double const now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
     if (now - last_bar < 0.5) return;
     last_bar = now;
@@ -215,17 +239,36 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
                  trellis::Trainer<Exec, Task>::format_minutes(p.seconds_left).c_str());
     std::fflush(stderr);
   };
+  return callbacks;
+}
+
+/// Trains `task` for the settings' minutes of training through trellis::Trainer, with
+/// the run directory's log, curves and checkpoint, then scores the test split.
+template <class Exec, class Task>
+void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
+  std::optional<trellis::RunDirectory> dir;  // rank 0's alone
+  if (s.comm->is_root()) dir.emplace(s.run_dir);
+  std::string const ckpt = s.run_dir + "/checkpoint.safetensors";
+  bool plot_warned = false;
+  std::string const metric = task.metric();
+  auto const options = trainer_options(s, ckpt);
+  double last_bar = -1e9;
+  trellis::TrainerCallbacks callbacks;
+  if (dir) callbacks = run_directory_callbacks<Exec, Task>(*dir, task, metric, plot_warned, last_bar);
   trellis::Trainer<Exec, Task> trainer(space, task, options, callbacks);
   if (s.resume) {
     trainer.resume(ckpt);
-    run.load_curves();
+    if (dir) dir->load_curves();
   }
-  log(run, "train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
-          gemm_precision(Exec(), s), ", ", task.batches_per_epoch(), " batches per epoch, for ", s.minutes,
-          " minutes of training");
+  setup_done(*s.comm);
+  if (dir)
+    log(*dir, "train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
+        gemm_precision(Exec(), s), ", ", task.batches_per_epoch(), " batches per epoch, for ", s.minutes,
+        " minutes of training", data_parallel_note(s));
   trainer.run();
   double const test = task.evaluate("test");
-  log(run, "test ", metric, " ", test);
+  if (!dir) return;
+  log(*dir, "test ", metric, " ", test);
   std::printf("test %s %.4f\n", metric.c_str(), test);
 }
 
@@ -245,9 +288,12 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
 
 template <class Exec, class Scalar, class WeightTying, class F>
 void with_task(Exec const& space, TrainSettings const& s, F&& f) {
+  // Named as the flag, before the data are read.
+  trellis::batch_shard(trellis::flags::positive(s.flags, "batch-size"), *s.comm, "--batch-size");
   if (s.task == "charlm" || s.task == "wordlm") {
     bool const words = s.task == "wordlm";
     auto options = trellis::flags::language_task_options(s.flags);
+    options.gradient_bucket_bytes = s.bucket_bytes;
     if (words && options.seq_len <= options.model.core.nlevels)
       throw trellis::invalid_argument("--seq-len " + std::to_string(options.seq_len) +
                                       ": wordlm scores the positions after the first nlevels (" +
@@ -255,12 +301,13 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
                                       ") of each window, so seq-len must exceed nlevels");
     auto corpus = trellis::data::load_sotu(sotu_dir(s.data_root), words ? trellis::data::TokenLevel::words
                                                                          : trellis::data::TokenLevel::characters);
-    trellis::LanguageTask<Exec, Scalar, WeightTying> task(space, options, std::move(corpus));
+    trellis::LanguageTask<Exec, Scalar, WeightTying> task(space, options, std::move(corpus), *s.comm);
     configure_core(task.model().core(), s);
     f(task);
   } else {
-    trellis::ClassifierTask<Exec, Scalar, WeightTying> task(space, trellis::flags::classifier_task_options(s.flags, s.data),
-                                                            load_images(s.data, s.data_root));
+    auto options = trellis::flags::classifier_task_options(s.flags, s.data);
+    options.gradient_bucket_bytes = s.bucket_bytes;
+    trellis::ClassifierTask<Exec, Scalar, WeightTying> task(space, options, load_images(s.data, s.data_root), *s.comm);
     configure_core(task.model().core(), s);
     f(task);
   }
@@ -269,11 +316,19 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
 /// Scores a checkpoint on a split; prints "<split> <metric> X".
 template <class Exec, class Scalar>
 void evaluate_checkpoint(Exec const& space, TrainSettings const& s, std::string const& ckpt, std::string const& split) {
-  auto const file = trellis::safetensors::read(ckpt);
-  with_task<Exec, Scalar>(space, s, [&](auto& task) {
+  auto file = trellis::safetensors::read(ckpt);
+  // Scoring starts every stream from zero: the training rows' carried state is not
+  // needed, nor the training batch (which may not divide among these ranks).
+  file.tensors.erase("state.h");
+  file.tensors.erase("state.c");
+  auto settings = s;
+  settings.flags["batch-size"] = std::to_string(s.comm->size());
+  with_task<Exec, Scalar>(space, settings, [&](auto& task) {
     using Task = std::remove_reference_t<decltype(task)>;
     task.load(file, ckpt, trellis::Trainer<Exec, Task>::checkpoint_extras());
-    std::printf("%s %s %.4f\n", split.c_str(), task.metric().c_str(), task.evaluate(split));
+    setup_done(*s.comm);
+    double const value = task.evaluate(split);
+    if (s.comm->is_root()) std::printf("%s %s %.4f\n", split.c_str(), task.metric().c_str(), value);
   });
 }
 

@@ -7,6 +7,7 @@
 //   trellis run --model M.safetensors --input X.safetensors --output Y.safetensors
 //   trellis train --task charlm|wordlm|seqclass --data NAME --run-dir DIR --minutes M [flags] [--resume]
 //   trellis eval --checkpoint C.safetensors --data NAME [--split valid|test]
+//   mpirun -np P trellis train|eval ...   (data-parallel over P ranks; output from rank 0)
 #include <CLI/CLI.hpp>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
@@ -16,11 +17,18 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
 #include <trellis/io/run_model.hpp>
 #include <trellis/trellis.hpp>
+
+#if defined(TRELLIS_HAS_MPI)
+#include <trellis/mpi/communicator.hpp>
+#include <trellis/mpi/environment.hpp>
+#endif
 
 #include "train.hpp"
 
@@ -33,6 +41,15 @@ struct Common {
   bool tf32 = false;
   bool bf16 = false;
   int recompute = 1;
+  double bucket_mb = 25;
+  bool ordered_sums = false;
+  trellis::Communicator* comm = &trellis::single_process();
+
+  /// The commands that do not share their work refuse to run as several ranks.
+  void alone(char const* command) const {
+    if (comm->size() > 1)
+      throw trellis::invalid_argument(std::string(command) + " runs in one process: start it without mpirun");
+  }
 
   /// The core's GEMM precision from --tf32 / --bf16 (one of them at most).
   trellis::blas::MathMode math_mode() const {
@@ -49,6 +66,7 @@ struct FromRnn {
 };
 
 void from_rnn(FromRnn const& a, Common const& common) {
+  common.alone("from-rnn");
   auto const cell = trellis::parse_cell(a.cell);
   auto const sd = trellis::safetensors::read(a.state_dict);
   auto const w = trellis::recurrent_from_pytorch(sd, cell, a.state_dict);
@@ -74,6 +92,7 @@ struct RunCommand {
 };
 
 void run(RunCommand const& a, Common const& common) {
+  common.alone("run");
   auto const model = trellis::safetensors::read(a.model);
   auto const input = trellis::safetensors::read(a.input);
   trellis::with_backend(common.backend, [&]<class Exec>() {
@@ -121,6 +140,9 @@ void train(TrainCommand& t, Common const& common) {
   s.fp64 = common.precision == "fp64";
   s.math = common.math_mode();
   s.recompute = common.recompute;
+  s.comm = common.comm;
+  if (!(common.bucket_mb > 0)) throw trellis::invalid_argument("--bucket-mb " + std::to_string(common.bucket_mb) + ": must be positive");
+  s.bucket_bytes = std::size_t(common.bucket_mb * double(1 << 20));
   std::string const ckpt = t.run_dir + "/checkpoint.safetensors";
   if (t.resume) {
     auto const file = trellis::safetensors::read(ckpt);
@@ -158,6 +180,7 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   s.data = t.data;
   s.data_root = trellis_cli::data_root(t.data_dir);
   s.math = common.math_mode();
+  s.comm = common.comm;
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
   trellis::with_backend(common.backend, [&]<class Exec>() {
@@ -247,6 +270,13 @@ int main(int argc, char** argv) {
   add_model_flags(train_cmd);
   add_common(train_cmd);
   add_recompute(train_cmd);
+  train_cmd->add_option("--bucket-mb", common.bucket_mb,
+                        "data-parallel (mpirun): gradients are summed over the ranks in buckets of this many MiB, "
+                        "each started as soon as backward has finished it")
+      ->capture_default_str();
+  train_cmd->add_flag("--deterministic-sums", common.ordered_sums,
+                      "data-parallel: sum gradients in rank order, so that two runs with the same number of ranks "
+                      "give the same bits whatever algorithm the MPI picks");
   train_cmd->footer(trellis_cli::defaults_help());
 
   auto* eval_cmd = app.add_subcommand("eval", "score a checkpoint of trellis train");
@@ -270,7 +300,18 @@ int main(int argc, char** argv) {
   // made steps several times slower as a run went on.
   _mm_setcsr(_mm_getcsr() | 0x8040);
 #endif
-  trellis::initialize_kokkos(common.threads);
+#if defined(TRELLIS_HAS_MPI)
+  // A rank of an MPI job (mpirun, srun) trains data-parallel; started by hand, alone.
+  std::optional<trellis::mpi::Environment> mpi;
+  std::unique_ptr<trellis::mpi::Communicator> world;
+  if (trellis::mpi::launched_by_mpi()) {
+    mpi.emplace(argc, argv);
+    world = std::make_unique<trellis::mpi::Communicator>(MPI_COMM_WORLD, common.ordered_sums);
+    common.comm = world.get();
+  }
+#endif
+  auto& comm = *common.comm;
+  trellis::initialize_kokkos(common.threads, comm.size() > 1);
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);
@@ -278,8 +319,18 @@ int main(int argc, char** argv) {
     if (*train_cmd) train(tr, common);
     if (*eval_cmd) evaluate(tr, common, eval_cmd->get_option("--precision")->count() > 0);
   } catch (std::exception const& e) {
-    std::fprintf(stderr, "trellis %s: %s\n", app.get_subcommands().front()->get_name().c_str(), e.what());
+    std::string const rank =
+        comm.size() > 1 ? "rank " + std::to_string(comm.rank()) + " of " + std::to_string(comm.size()) + ": " : "";
+    std::fprintf(stderr, "trellis %s: %s%s\n", app.get_subcommands().front()->get_name().c_str(), rank.c_str(),
+                 e.what());
+    std::fflush(stderr);
     status = 1;
+    if (comm.size() > 1) {
+      // Setting up, the ranks agree to stop (each says why); running, the others may
+      // wait on this one in a sum: end the job.
+      if (trellis_cli::running()) comm.abort(1);
+      if (!dynamic_cast<trellis_cli::PeerFailed const*>(&e)) comm.agree(false);
+    }
   }
   Kokkos::finalize();
   return status;

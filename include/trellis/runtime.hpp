@@ -11,18 +11,25 @@
 
 namespace trellis {
 
-/// Kokkos::initialize with a thread count (0: Kokkos' default); the settings type
-/// differs between Kokkos 3.4 and 4.x, so callers need not know which they have.
-inline void initialize_kokkos(int num_threads) {
+/// Kokkos::initialize with a thread count (0: Kokkos' default). With `rank_of_job`,
+/// a process that is one rank of an MPI job on a build with a GPU backend takes the
+/// GPU of its rank among those of its node (its local rank modulo the node's GPUs).
+/// The settings type differs between Kokkos 3.4 and 4.x, so callers need not know
+/// which they have.
+inline void initialize_kokkos(int num_threads, bool rank_of_job = false) {
 #if KOKKOS_VERSION >= 40000
   Kokkos::InitializationSettings settings;
   if (num_threads > 0) settings.set_num_threads(num_threads);
+#if defined(KOKKOS_ENABLE_CUDA)
+  if (rank_of_job) settings.set_map_device_id_by("mpi_rank");
+#endif
   Kokkos::initialize(settings);
 #else
   Kokkos::InitArguments args;
   if (num_threads > 0) args.num_threads = num_threads;
   Kokkos::initialize(args);
 #endif
+  (void)rank_of_job;
 }
 
 /// The best backend this build enables: cuda, else openmp, else serial.

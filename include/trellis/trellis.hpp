@@ -1,7 +1,8 @@
 #pragma once
 // Umbrella header of trellis: Trellis Networks on Kokkos, layer by layer. The data
 // set readers (trellis/data/image_sets.hpp, idx.hpp) are not included: they are the
-// Trellis::data target, which links zlib.
+// Trellis::data target, which links zlib; nor is trellis/mpi/ (the Trellis::mpi
+// target, which links MPI).
 #include <trellis/errors.hpp>
 #include <trellis/runtime.hpp>
 #include <trellis/version.hpp>
@@ -11,6 +12,7 @@
 
 // core: the TrellisNet
 #include <trellis/core/activation.hpp>
+#include <trellis/core/dropout_key.hpp>
 #include <trellis/core/masks.hpp>
 #include <trellis/core/network.hpp>
 #include <trellis/core/parameters.hpp>
@@ -40,7 +42,9 @@
 
 // train: optimisers, schedules, tasks and the trainer
 #include <trellis/train/classifier_task.hpp>
+#include <trellis/train/communicator.hpp>
 #include <trellis/train/flags.hpp>
+#include <trellis/train/gradient_reducer.hpp>
 #include <trellis/train/language_task.hpp>
 #include <trellis/train/optimizers.hpp>
 #include <trellis/train/run_directory.hpp>

@@ -2,12 +2,15 @@
 // The dropout masks of the core, drawn once per forward: the variational hidden mask
 // m (N, q), shared by every level and time step, and the two weight-drop
 // (DropConnect) masks on tap 0 of weight1 and of weight2. Inverted scaling: kept
-// entries hold 1 / (1 - p). Empty views mean "off" (inference).
+// entries hold 1 / (1 - p). Empty views mean "off" (inference). Drawn from a
+// sequential generator, or keyed by (seed, step, global row) (core/dropout_key.hpp) so
+// that data-parallel ranks draw what one process draws.
 #include <Kokkos_Core.hpp>
 
 #include <random>
 #include <string>
 
+#include <trellis/core/dropout_key.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/detail/views.hpp>
 
@@ -55,6 +58,24 @@ auto draw_masks(Network const& net, long batch, double dropouth, double wdrop,
     detail::fill_dropout_mask(m.weight1_drop, wdrop, rng);
     detail::fill_dropout_mask(m.weight2_drop, wdrop, rng);
   }
+  return m;
+}
+
+/// The masks of draw_masks keyed by `key`: the hidden mask per sample (row
+/// key.first_row + n), the weight-drop masks shared by the batch.
+template <class Network>
+auto draw_masks(Network const& net, long batch, double dropouth, double wdrop, DropoutKey const& key) {
+  using masks = TrellisMasks<typename Network::memory_space, typename Network::scalar_type>;
+  masks m;
+  auto const& s = net.shape();
+  long const rows = long(Network::groups) * s.q();
+  m.hidden = make_sample_mask<typename masks::rows>("trellis::TrellisMasks::hidden", dropouth, key, 1, batch,
+                                                   s.q());
+  using matrices = typename masks::matrices;
+  m.weight1_drop =
+      make_shared_mask<matrices>("trellis::TrellisMasks::weight1_drop", wdrop, key, 2, net.kernels(), rows, s.ninp);
+  m.weight2_drop =
+      make_shared_mask<matrices>("trellis::TrellisMasks::weight2_drop", wdrop, key, 3, net.kernels(), rows, s.q());
   return m;
 }
 

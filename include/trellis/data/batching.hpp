@@ -36,6 +36,20 @@ inline TokenBatches batchify(std::vector<std::int32_t> const& stream, long rows,
   return b;
 }
 
+/// Rows [first, first + count) of `b`: one rank's share of the streams.
+inline TokenBatches row_shard(TokenBatches const& b, long first, long count) {
+  if (first < 0 || count < 0 || first + count > b.rows)
+    fail_data("trellis::data::row_shard: rows [", first, ", ", first + count, ") of ", b.rows);
+  if (first == 0 && count == b.rows) return b;
+  TokenBatches s;
+  s.steps = b.steps;
+  s.rows = count;
+  s.data.resize(std::size_t(b.steps * count));
+  for (long t = 0; t < b.steps; ++t)
+    for (long n = 0; n < count; ++n) s.data[std::size_t(t * count + n)] = b.at(t, first + n);
+  return s;
+}
+
 struct Segment {
   long start = 0, length = 0, scored_from = 0;
   bool reset_state = false;  ///< window mode: every window starts from a zero state

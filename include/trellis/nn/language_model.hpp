@@ -155,11 +155,37 @@ class LanguageModel {
     return m;
   }
 
+  /// Every mask of a training step keyed by (seed, step, global row): per sample for
+  /// rows key.first_row onwards, shared by the batch for the embedding and weight drop.
+  Masks draw_masks(long batch, DropoutKey const& key) const {
+    auto const& s = config_.core;
+    Masks m;
+    m.core = trellis::draw_masks(core_, batch, config_.dropouth, config_.wdrop, key);
+    m.embedding =
+        make_shared_mask<vector>("trellis::LanguageModel::embedding_mask", config_.emb_dropout, key, 10, config_.ntoken);
+    m.input = make_sample_mask<matrix>("trellis::LanguageModel::input_mask", config_.dropouti, key, 11, batch,
+                                      s.ninp);
+    m.output = make_sample_mask<matrix>("trellis::LanguageModel::output_mask", config_.dropout, key, 12, batch,
+                                       s.nout);
+    for (int a = 0; a < s.naux(); ++a)
+      m.aux.push_back(make_sample_mask<matrix>("trellis::LanguageModel::aux_mask", config_.dropout, key,
+                                              std::uint64_t(100 + a), batch, s.nout));
+    if (config_.n_experts > 0)
+      m.latent = make_sample_mask<matrix>("trellis::LanguageModel::latent_mask", config_.dropoutl, key, 13,
+                                         batch, long(config_.n_experts) * s.ninp);
+    return m;
+  }
+
+  /// The order in which train_step finishes the gradients, stage by stage (name
+  /// prefixes): the heads first, then the core, the embedding (the tied decoder) last.
+  static GradientStages gradient_stages() { return {{"decoder.", "mixsoft."}, {"core."}, {"encoder."}}; }
+
   /// Forward and backward of one batch with the given masks; gradients accumulate (zero
   /// them first). The state moves on to the end of the batch (no gradient flows into it).
+  /// `on_stage_final(k)` is called when the gradients of gradient_stages()[k] are final.
   StepLoss train_step(ExecutionSpace const& space, tokens_view tokens, tokens_view targets, long scored_from,
-                      State& state, Masks const& masks) {
-    return run(space, tokens, targets, scored_from, state, masks, Mode::train, matrix());
+                      State& state, Masks const& masks, StageFinal const& on_stage_final = {}) {
+    return run(space, tokens, targets, scored_from, state, masks, Mode::train, matrix(), on_stage_final);
   }
 
   /// The loss train_step would differentiate, without gradients (for gradient checks).
@@ -232,7 +258,7 @@ class LanguageModel {
   enum class Mode { train, loss, eval };
 
   StepLoss run(ExecutionSpace const& space, tokens_view tokens, tokens_view targets, long s, State& state,
-               Masks const& masks, Mode mode, matrix log_probs) {
+               Masks const& masks, Mode mode, matrix log_probs, StageFinal const& on_stage_final = {}) {
     bool const grad = mode == Mode::train;
     char const* call = grad ? "trellis::LanguageModel::train_step" : "trellis::LanguageModel::evaluate";
     auto const& shape = config_.core;
@@ -292,11 +318,14 @@ class LanguageModel {
       variational_dropout(space, d, a < int(masks.aux.size()) ? masks.aux[a] : matrix(), d);
     }
     if (config_.beta > 0) tar_backward(space, L, N, s);
+    if (on_stage_final) on_stage_final(0);
     // The core accumulates into dx and rereads x for its injection: a separate buffer.
     Kokkos::deep_copy(space, dx_, Scalar(0));
     core_.backward(space, cache_, d_out_, matrix(), matrix(), d_aux_, dx_, matrix(), matrix());
+    if (on_stage_final) on_stage_final(1);
     variational_dropout(space, dx_, masks.input, dx_);
     encoder_.backward(space, tokens, masks.embedding, dx_);
+    if (on_stage_final) on_stage_final(2);
     std::swap(state.h, h_new_);
     std::swap(state.c, c_new_);
     return result;

@@ -2,6 +2,7 @@
 // A model's learnable tensors as flat views, for optimisers, clipping and checkpoints.
 #include <Kokkos_Core.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,14 @@ struct ParameterRef {
 
 template <class MemorySpace, class Scalar>
 using ParameterList = std::vector<ParameterRef<MemorySpace, Scalar>>;
+
+/// A model's parameters by the stage of backward that finishes their gradients, in
+/// that order: each stage a list of name prefixes. Data-parallel training starts
+/// summing a stage's gradients over the ranks while backward goes on.
+using GradientStages = std::vector<std::vector<std::string>>;
+
+/// Called by a model's train_step with k when the gradients of stage k are final.
+using StageFinal = std::function<void(int)>;
 
 /// Appends (name, value, grad) unless the tensor is empty (an absent weight-norm gain).
 template <class MemorySpace, class Scalar, class View>

@@ -101,9 +101,25 @@ class SequenceClassifier {
     return m;
   }
 
-  /// Forward and backward (gradients accumulate) of the mean NLL over the batch.
-  ClassifierLoss train_step(ExecutionSpace const& space, const_sequence x, labels_view labels, Masks const& masks) {
-    return run(space, x, labels, masks, true, matrix());
+  /// The masks of a training step keyed by (seed, step, global row), every one per sample.
+  Masks draw_masks(long length, long batch, DropoutKey const& key) const {
+    Masks m;
+    m.core = trellis::draw_masks(core_, batch, config_.dropouth, config_.wdrop, key);
+    m.input = make_sample_mask<sequence>("trellis::SequenceClassifier::input_mask", config_.dropouti, key, 11,
+                                        length, batch, long(config_.core.ninp));
+    m.output = make_sample_mask<matrix>("trellis::SequenceClassifier::output_mask", config_.dropout, key, 12,
+                                       batch, config_.nclasses);
+    return m;
+  }
+
+  /// The order in which train_step finishes the gradients: the head, then the core.
+  static GradientStages gradient_stages() { return {{"linear."}, {"core."}}; }
+
+  /// Forward and backward (gradients accumulate) of the mean NLL over the batch;
+  /// `on_stage_final(k)` is called when the gradients of gradient_stages()[k] are final.
+  ClassifierLoss train_step(ExecutionSpace const& space, const_sequence x, labels_view labels, Masks const& masks,
+                            StageFinal const& on_stage_final = {}) {
+    return run(space, x, labels, masks, true, matrix(), on_stage_final);
   }
   ClassifierLoss loss(ExecutionSpace const& space, const_sequence x, labels_view labels, Masks const& masks) {
     return run(space, x, labels, masks, false, matrix());
@@ -135,7 +151,7 @@ class SequenceClassifier {
 
  public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
   ClassifierLoss run(ExecutionSpace const& space, const_sequence x, labels_view labels, Masks const& masks, bool grad,
-                     matrix log_probs) {
+                     matrix log_probs, StageFinal const& on_stage_final = {}) {
     char const* call = grad ? "trellis::SequenceClassifier::train_step" : "trellis::SequenceClassifier::evaluate";
     long const L = long(x.extent(0)), N = long(x.extent(1)), C = config_.nclasses, nout = config_.core.nout;
     if (L == 0 || N == 0) detail::fail(call, ": x is ", detail::shape_of(x), ", need at least one step and sequence");
@@ -174,8 +190,10 @@ class SequenceClassifier {
     Kokkos::deep_copy(space, d_out_, Scalar(0));
     matrix const d_last(d_out_.data() + (L - 1) * N * nout, N, nout);
     linear_.backward(space, last, logits_, d_last);
+    if (on_stage_final) on_stage_final(0);
     core_.backward(space, cache_, d_out_, matrix(), matrix(), typename core_type::aux_view(), sequence(), matrix(),
                    matrix());
+    if (on_stage_final) on_stage_final(1);
     return result;
   }
 

@@ -2,6 +2,10 @@
 // Sequential image classification as a Trainer task: a SequenceClassifier reads an
 // image row by row (rows of `cols` values) or pixel by pixel (one value a step), the
 // pixels optionally in a fixed permuted order. The metric is accuracy.
+//
+// Over a group of ranks (a Communicator) each rank takes its contiguous part of every
+// training batch and of each split it scores; masks are keyed by global row and
+// gradients averaged over the ranks, so that the figures are one process's.
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -15,6 +19,8 @@
 #include <trellis/errors.hpp>
 #include <trellis/io/model_files.hpp>
 #include <trellis/nn/sequence_classifier.hpp>
+#include <trellis/train/communicator.hpp>
+#include <trellis/train/gradient_reducer.hpp>
 #include <trellis/train/optimizers.hpp>
 #include <trellis/train/step_result.hpp>
 
@@ -29,10 +35,11 @@ struct ClassifierTaskOptions {
   ImageSequence sequence = ImageSequence::rows;
   std::vector<std::int64_t> permutation;  ///< pixel order (empty: natural); kept in checkpoints
   double clip = 0;                  ///< global gradient-norm clip (0: off)
-  long batch_size = 64;
+  long batch_size = 64;             ///< over all ranks
   long eval_batch_size = 500;
   long valid_images = 0;            ///< validate() scores this many valid images (0: all)
   std::uint64_t seed = 1111;        ///< the model's initialisation and the epochs' shuffles
+  std::size_t gradient_bucket_bytes = std::size_t(25) << 20;  ///< data-parallel: the size of a summed bucket
 };
 
 /// A fixed random pixel order for permuted tasks, from `seed`.
@@ -52,10 +59,14 @@ class ClassifierTask {
   using memory_space = typename ExecutionSpace::memory_space;
   using labels_view = Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory_space>;
 
-  ClassifierTask(ExecutionSpace const& space, ClassifierTaskOptions const& options, data::ImageSplits splits)
-      : space_(space), splits_(std::move(splits)), options_(checked(options, splits_)),
+  /// `comm`: the ranks that share the work (this process alone by default).
+  ClassifierTask(ExecutionSpace const& space, ClassifierTaskOptions const& options, data::ImageSplits splits,
+                 Communicator& comm = single_process())
+      : space_(space), comm_(&comm), splits_(std::move(splits)), options_(checked(options, splits_)),
         model_(space, options_.model, options_.seed),
-        optimizer_(options_.optimizer, model_.parameters(), options_.optimizer_options) {
+        optimizer_(options_.optimizer, model_.parameters(), options_.optimizer_options),
+        shard_(batch_shard(options_.batch_size, comm, "trellis::ClassifierTask: batch_size")),
+        reducer_(comm, model_.parameters(), Model::gradient_stages(), options_.gradient_bucket_bytes) {
     order_.resize(std::size_t(splits_.train.count));
   }
 
@@ -65,6 +76,9 @@ class ClassifierTask {
   long batches_per_epoch() const { return splits_.train.count / options_.batch_size; }
   Model& model() { return model_; }
   Optimizer<ExecutionSpace, Scalar>& optimizer() { return optimizer_; }
+  Communicator& communicator() { return *comm_; }
+  /// This rank's rows of the training batch.
+  Shard shard() const { return shard_; }
 
   /// A fresh shuffle per epoch from (seed, epoch): resuming reproduces it.
   void start_epoch(long epoch) {
@@ -74,13 +88,19 @@ class ClassifierTask {
   }
   void resume_epoch(long epoch) { start_epoch(epoch); }
 
-  StepResult step(long batch_index, std::mt19937_64& rng) {
-    long const b = options_.batch_size;
-    std::vector<long> idx(order_.begin() + batch_index * b, order_.begin() + (batch_index + 1) * b);
+  /// One optimiser step on this rank's part of the batch; the result is this rank's
+  /// (the trainer combines the ranks').
+  StepResult step(long batch_index, DropoutKey const& key) {
+    auto const first = order_.begin() + batch_index * options_.batch_size + shard_.first;
+    std::vector<long> idx(first, first + shard_.count);
     auto const [x, labels] = gather(splits_.train, idx);
-    auto const masks = model_.draw_masks(long(x.extent(0)), b, rng);
-    auto const r = optimizer_step(space_, model_, optimizer_, options_.clip,
-                                  [&] { return model_.train_step(space_, x, labels, masks); });
+    auto const masks = model_.draw_masks(long(x.extent(0)), shard_.count, key.offset(shard_.first));
+    StageFinal on_stage_final;
+    if (reducer_.active()) on_stage_final = [&](int stage) { reducer_.stage_final(space_, stage); };
+    auto const r = optimizer_step(
+        space_, model_, optimizer_, options_.clip,
+        [&] { return model_.train_step(space_, x, labels, masks, on_stage_final); },
+        [&] { reducer_.finish(space_); });
     return StepResult{r.total, r.nll_sum, r.count, r.correct};
   }
 
@@ -90,13 +110,17 @@ class ClassifierTask {
       detail::fail("trellis::ClassifierTask::evaluate: split '", split, "': expected train, valid or test");
     auto const& set = split == "test" ? splits_.test : split == "valid" ? splits_.valid : splits_.train;
     long const n = limit > 0 ? std::min(limit, set.count) : set.count;
-    long correct = 0;
-    for (long start = 0; start < n; start += options_.eval_batch_size) {
+    // Every rank scores its contiguous part of the images; counts add up exactly.
+    auto const mine = even_shard(n, comm_->rank(), comm_->size());
+    std::int64_t correct = 0;
+    for (long start = mine.first; start < mine.first + mine.count; start += options_.eval_batch_size) {
       std::vector<long> idx;
-      for (long i = start; i < std::min(n, start + options_.eval_batch_size); ++i) idx.push_back(i);
+      for (long i = start; i < std::min(mine.first + mine.count, start + options_.eval_batch_size); ++i)
+        idx.push_back(i);
       auto const [x, labels] = gather(set, idx);
       correct += model_.evaluate(space_, x, labels).correct;
     }
+    comm_->sum(&correct, 1, Element::i64);
     return double(correct) / double(n);
   }
   double validate() { return evaluate("valid", options_.valid_images); }
@@ -167,10 +191,13 @@ class ClassifierTask {
   }
 
   ExecutionSpace space_;
+  Communicator* comm_;
   data::ImageSplits splits_;
   ClassifierTaskOptions options_;
   Model model_;
   Optimizer<ExecutionSpace, Scalar> optimizer_;
+  Shard shard_;
+  GradientReducer<ExecutionSpace, Scalar> reducer_;
   std::vector<long> order_;
 };
 

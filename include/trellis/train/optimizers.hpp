@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <trellis/detail/kokkos_compat.hpp>
@@ -155,16 +156,24 @@ class Optimizer {
 };
 
 /// One update of a model: zero its gradients, run `loss_and_gradients` (a model's
-/// train_step, which accumulates them), clip their global norm, step the optimiser.
-/// Returns what `loss_and_gradients` returned.
-template <class Exec, class Model, class Scalar, class F>
+/// train_step, which accumulates them), run `complete_gradients` (data-parallel
+/// training sums them over the ranks there), clip their global norm, step the
+/// optimiser. Returns what `loss_and_gradients` returned.
+template <class Exec, class Model, class Scalar, class F, class G>
 auto optimizer_step(Exec const& space, Model& model, Optimizer<Exec, Scalar>& optimizer, double clip,
-                    F&& loss_and_gradients) {
+                    F&& loss_and_gradients, G&& complete_gradients) {
   model.zero_gradients(space);
   auto const result = loss_and_gradients();
+  complete_gradients();
   clip_grad_norm(space, optimizer.parameters(), clip);
   optimizer.step(space);
   return result;
+}
+
+template <class Exec, class Model, class Scalar, class F>
+auto optimizer_step(Exec const& space, Model& model, Optimizer<Exec, Scalar>& optimizer, double clip,
+                    F&& loss_and_gradients) {
+  return optimizer_step(space, model, optimizer, clip, std::forward<F>(loss_and_gradients), [] {});
 }
 
 }  // namespace trellis

@@ -5,7 +5,8 @@
 //
 // A task is any type with (see LanguageTask and ClassifierTask):
 //   long batches_per_epoch();                  void start_epoch(long), resume_epoch(long);
-//   StepResult step(long batch_in_epoch, std::mt19937_64& rng);   // one optimiser step
+//   StepResult step(long batch_in_epoch, DropoutKey key);   // one optimiser step, this rank's share
+//   Communicator& communicator();               // the ranks sharing the work
 //   double validate();  double evaluate(std::string split);  double train_metric(StepResult);
 //   std::string metric(), unit();  bool lower_is_better();  Optimizer<...>& optimizer();
 //   void save(safetensors::File&, DType);  void load(File const&, path, std::vector<std::string> also);
@@ -13,11 +14,17 @@
 // Time counts training steps only: validation, checkpoints and data preparation do not
 // spend the budget. A checkpoint holds the task's tensors, the optimiser state under
 // "optim.", and the trainer's state:
-//   step (I64), rng (U8: the generator's state as text), trainer.epoch,
+//   step (I64), trainer.epoch,
 //   trainer.batch_in_epoch, trainer.plateau_bad_epochs (I64), trainer.trained_seconds,
 //   trainer.scheduled_lr, trainer.plateau_best (F64), each of shape (1);
 // and the run's configuration as metadata, which a resume must match, beside other
-// metadata that may change between sessions.
+// metadata that may change between sessions. The dropout masks of step s are keyed by
+// (seed, s), so a resumed run draws the masks of the uninterrupted one.
+//
+// Data-parallel: every rank runs the same Trainer over its task's share. The run starts
+// from rank 0's parameters and optimiser state; each step's loss, counts and time are
+// the group's (the time the ranks' mean), so that every rank takes the same decisions
+// (validation, checkpoint, stop) at the same step; rank 0 alone writes checkpoints.
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -32,9 +39,11 @@
 #include <string>
 #include <vector>
 
+#include <trellis/core/dropout_key.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/io/safetensors.hpp>
 #include <trellis/io/tensor_io.hpp>
+#include <trellis/train/communicator.hpp>
 #include <trellis/train/schedule.hpp>
 #include <trellis/train/step_result.hpp>
 
@@ -48,7 +57,7 @@ struct TrainerOptions {
   double checkpoint_every_seconds = std::numeric_limits<double>::infinity();  ///< with a checkpoint_path
   long log_every = 50;            ///< steps per curve row
   LrSchedule schedule;            ///< by epoch, or on plateau of the validation metric
-  std::uint64_t seed = 1111;      ///< the generator of the dropout masks
+  std::uint64_t seed = 1111;      ///< the key of the dropout masks
   std::string checkpoint_path;    ///< where checkpoints go (empty: none)
   safetensors::DType checkpoint_dtype = safetensors::DType::F32;
   /// Written to checkpoints as metadata; resuming from a file whose value for one of
@@ -94,7 +103,6 @@ class Trainer {
   /// The tensors of the trainer's own state in a checkpoint (besides "optim.").
   static std::vector<std::string> const& state_names() {
     static std::vector<std::string> const names{"step",
-                                                "rng",
                                                 "trainer.epoch",
                                                 "trainer.batch_in_epoch",
                                                 "trainer.trained_seconds",
@@ -105,16 +113,17 @@ class Trainer {
   }
 
   /// What a checkpoint holds besides the task's tensors: the optimiser state (the
-  /// prefix "optim."), the trainer's state, and the older positional "progress".
+  /// prefix "optim."), the trainer's state, and what older files hold: the positional
+  /// "progress" and "rng" (the sequential generator masks were once drawn from).
   static std::vector<std::string> checkpoint_extras() {
-    std::vector<std::string> also{"optim.", "progress"};
+    std::vector<std::string> also{"optim.", "progress", "rng"};
     also.insert(also.end(), state_names().begin(), state_names().end());
     return also;
   }
 
   Trainer(ExecutionSpace const& space, Task& task, TrainerOptions options, TrainerCallbacks callbacks = {})
-      : space_(space), task_(task), options_(std::move(options)), callbacks_(std::move(callbacks)),
-        rng_(options_.seed), scheduled_lr_(task.optimizer().lr()) {
+      : space_(space), task_(task), comm_(task.communicator()), options_(std::move(options)),
+        callbacks_(std::move(callbacks)), scheduled_lr_(task.optimizer().lr()) {
     char const* call = "trellis::Trainer";
     if (!(options_.anneal >= 0 && options_.anneal <= 1)) detail::fail(call, ": anneal ", options_.anneal, " is not in [0, 1]");
     if (!(options_.max_seconds > 0)) detail::fail(call, ": max_seconds ", options_.max_seconds, " must be positive");
@@ -129,9 +138,9 @@ class Trainer {
   double trained_seconds() const { return trained_seconds_; }
   double scheduled_lr() const { return scheduled_lr_; }
   LrSchedule const& schedule() const { return options_.schedule; }
-  std::mt19937_64 const& generator() const { return rng_; }
 
-  /// Writes the task, the optimiser state, the trainer's state and the configuration.
+  /// Writes the task, the optimiser state, the trainer's state and the configuration
+  /// (data-parallel: on every rank; the file is complete on rank 0).
   void save(safetensors::File& file) {
     using safetensors::DType;
     using safetensors::Tensor;
@@ -147,23 +156,16 @@ class Trainer {
     file.tensors["trainer.trained_seconds"] = real(trained_seconds_);
     file.tensors["trainer.scheduled_lr"] = real(scheduled_lr_);
     file.tensors["trainer.plateau_best"] = real(options_.schedule.best);
-    std::ostringstream g;
-    g << rng_;
-    auto const text = g.str();
-    Tensor r;
-    r.dtype = DType::U8;
-    r.shape = {std::int64_t(text.size())};
-    r.data.assign(text.begin(), text.end());
-    file.tensors["rng"] = r;
     for (auto const& [k, v] : options_.metadata) file.metadata[k] = v;
     for (auto const& [k, v] : options_.configuration) file.metadata[k] = v;
   }
 
-  /// Saves to `path` (a temporary file renamed into place).
+  /// Saves to `path` (a temporary file renamed into place); data-parallel, call on
+  /// every rank: rank 0 writes.
   void save(std::string const& path) {
     safetensors::File file;
     save(file);
-    safetensors::write(path, file);
+    if (comm_.is_root()) safetensors::write(path, file);
   }
 
   /// Continues the run a checkpoint holds: the task, the optimiser, the counters, the
@@ -203,10 +205,6 @@ class Trainer {
                        ", batch " + std::to_string(batch_in_epoch_) + ") does not fit this task's " +
                        std::to_string(task_.batches_per_epoch()) + " batches per epoch");
     opt.set_steps(step_);
-    auto const& r = file.at(path, "rng");
-    std::istringstream in(std::string(r.data.begin(), r.data.end()));
-    in >> rng_;
-    if (!in) throw file_error(path + ": tensor 'rng' does not hold a generator state");
     resumed_ = true;
     say("resumed from ", path, " at step ", step_, " (epoch ", epoch_, ", ", format_minutes(trained_seconds_),
         " trained)");
@@ -222,6 +220,7 @@ class Trainer {
     if (!resumed_ || batch_in_epoch_ == 0) task_.start_epoch(epoch_);
     else task_.resume_epoch(epoch_);
     resumed_ = false;
+    synchronize();
     auto& opt = task_.optimizer();
     double const budget = options_.max_seconds;
     long const max_steps = options_.max_steps;
@@ -237,9 +236,10 @@ class Trainer {
                                    max_steps > 0 ? double(max_steps - step_) / double(max_steps) : 1.0);
       opt.set_lr(annealed_lr(scheduled_lr_, left, options_.anneal));
       auto const t0 = std::chrono::steady_clock::now();
-      auto const r = task_.step(batch_in_epoch_, rng_);
+      auto r = task_.step(batch_in_epoch_, DropoutKey{options_.seed, std::uint64_t(step_ + 1), 0});
       space_.fence();
-      double const dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      group_step(r, dt);
       if (!std::isfinite(r.loss)) {
         say("the loss is ", r.loss, " at step ", step_ + 1, "; stopping (lower the learning rate or clip the gradients)");
         detail::fail("trellis::Trainer::run: the loss diverged at step ", step_ + 1);
@@ -298,6 +298,24 @@ class Trainer {
     return v[0];
   }
 
+  /// Rank 0's parameters and optimiser state on every rank.
+  void synchronize() {
+    if (comm_.size() == 1) return;
+    auto& opt = task_.optimizer();
+    for (auto const& p : opt.parameters()) broadcast(comm_, p.value);
+    for (auto const& [name, view] : opt.state()) broadcast(comm_, view);
+  }
+
+  /// The group's step: the mean loss and time, the summed counts.
+  void group_step(StepResult& r, double& dt) {
+    if (comm_.size() == 1) return;
+    double v[5] = {r.loss, r.nll, double(r.count), double(r.correct), dt};
+    comm_.sum(v, 5, Element::f64);
+    double const P = double(comm_.size());
+    r = StepResult{v[0] / P, v[1], long(v[2]), long(v[3])};
+    dt = v[4] / P;
+  }
+
   template <class... Parts>
   void say(Parts const&... parts) {
     if (callbacks_.log) callbacks_.log(detail::message(parts...));
@@ -342,9 +360,9 @@ class Trainer {
 
   ExecutionSpace space_;
   Task& task_;
+  Communicator& comm_;
   TrainerOptions options_;
   TrainerCallbacks callbacks_;
-  std::mt19937_64 rng_;
   long step_ = 0, epoch_ = 1, batch_in_epoch_ = 0;
   double trained_seconds_ = 0, scheduled_lr_ = 0;
   bool resumed_ = false;

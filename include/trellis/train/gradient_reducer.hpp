@@ -1,0 +1,148 @@
+#pragma once
+// The data-parallel gradient: every rank's gradients summed over the group and divided
+// by its size, in buckets whose sums start as soon as backward has finished their
+// gradients, and are waited on before clipping and the optimiser step.
+//
+// A model's backward finishes its gradients in stages (the language model: the decoder
+// bias and the mixture of softmaxes, then the core, then the embedding; the classifier:
+// the linear head, then the core). The reducer lays the gradients end to end in that
+// order and cuts them into buckets of at most bucket_bytes (a tensor may span two); a
+// bucket's sum starts when the last stage it holds is final.
+#include <Kokkos_Core.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <trellis/detail/views.hpp>
+#include <trellis/errors.hpp>
+#include <trellis/nn/parameter_list.hpp>
+#include <trellis/train/communicator.hpp>
+
+namespace trellis {
+
+template <class ExecutionSpace, class Scalar>
+class GradientReducer {
+ public:
+  using memory_space = typename ExecutionSpace::memory_space;
+  using flat_view = Kokkos::View<Scalar*, Kokkos::LayoutRight, memory_space>;
+  static constexpr std::size_t default_bucket_bytes = std::size_t(25) << 20;
+
+  GradientReducer() = default;
+  GradientReducer(Communicator& comm, ParameterList<memory_space, Scalar> params, GradientStages const& stages,
+                  std::size_t bucket_bytes = default_bucket_bytes)
+      : comm_(&comm), params_(std::move(params)) {
+    if (bucket_bytes < sizeof(Scalar))
+      detail::fail("trellis::GradientReducer: bucket_bytes ", bucket_bytes, " holds no gradient");
+    if (comm.size() == 1) return;  // nothing to sum
+    nstages_ = int(stages.size()) + 1;  // a last stage takes what no prefix names
+    std::vector<int> stage_of(params_.size(), nstages_ - 1);
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      for (int s = 0; s < int(stages.size()) && stage_of[i] == nstages_ - 1; ++s)
+        for (auto const& prefix : stages[std::size_t(s)])
+          if (params_[i].name.rfind(prefix, 0) == 0) stage_of[i] = s;
+    long const per_bucket = long(bucket_bytes / sizeof(Scalar));
+    for (int s = 0; s < nstages_; ++s)
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        if (stage_of[i] != s) continue;
+        long const n = long(params_[i].grad.extent(0));
+        for (long from = 0; from < n;) {
+          if (buckets_.empty() || buckets_.back().length == per_bucket) buckets_.push_back(Bucket{});
+          auto& b = buckets_.back();
+          long const take = std::min(n - from, per_bucket - b.length);
+          b.pieces.push_back(Piece{i, from, b.length, take});
+          b.length += take;
+          b.stage = s;
+          from += take;
+        }
+      }
+    for (auto& b : buckets_) {
+      b.buffer = flat_view(detail::uninitialized("trellis::GradientReducer::", "bucket"), b.length);
+      if (!host_accessible && !comm.takes_device_buffers())
+        b.staging = Kokkos::View<Scalar*, Kokkos::HostSpace>(
+            detail::uninitialized("trellis::GradientReducer::", "staging"), b.length);
+    }
+  }
+
+  bool active() const { return comm_ && comm_->size() > 1; }
+  std::size_t buckets() const { return buckets_.size(); }
+  std::size_t bucket_length(std::size_t b) const { return std::size_t(buckets_[b].length); }
+
+  /// Backward has finished the gradients of `stage` (and of every stage before it):
+  /// the sums of the buckets they complete start now.
+  void stage_final(ExecutionSpace const& space, int stage) {
+    if (!active()) return;
+    for (auto& b : buckets_)
+      if (!b.pending && b.stage <= stage) start(space, b);
+  }
+
+  /// Waits on every sum (starting those not started) and leaves each gradient the
+  /// group's mean.
+  void finish(ExecutionSpace const& space) {
+    if (!active()) return;
+    for (auto& b : buckets_)
+      if (!b.pending) start(space, b);
+    Scalar const inv = Scalar(1.0 / double(comm_->size()));
+    for (auto& b : buckets_) {
+      b.pending->wait();
+      b.pending.reset();
+      if (b.staging.extent(0) > 0) Kokkos::deep_copy(space, b.buffer, b.staging);
+      for (auto const& piece : b.pieces) {
+        auto const g = params_[piece.param].grad;
+        auto const buf = b.buffer;
+        long const to = piece.param_offset, from = piece.bucket_offset;
+        Kokkos::parallel_for(
+            "trellis::GradientReducer::mean", Kokkos::RangePolicy<ExecutionSpace>(space, 0, piece.length),
+            KOKKOS_LAMBDA(long i) { g(to + i) = buf(from + i) * inv; });
+      }
+    }
+  }
+
+ private:
+  struct Bucket;
+
+ public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
+  void start(ExecutionSpace const& space, Bucket& b) {
+    for (auto const& piece : b.pieces) {
+      auto const g = params_[piece.param].grad;
+      auto const buf = b.buffer;
+      long const from = piece.param_offset, to = piece.bucket_offset;
+      Kokkos::parallel_for(
+          "trellis::GradientReducer::pack", Kokkos::RangePolicy<ExecutionSpace>(space, 0, piece.length),
+          KOKKOS_LAMBDA(long i) { buf(to + i) = g(from + i); });
+    }
+    Scalar* data = b.buffer.data();
+    if (b.staging.extent(0) > 0) {
+      Kokkos::deep_copy(space, b.staging, b.buffer);
+      data = b.staging.data();
+    }
+    space.fence();  // the group reads the buffer from outside the execution space
+    b.pending = comm_->start_sum(data, std::size_t(b.length), element_of<Scalar>());
+  }
+
+
+ private:
+  static constexpr bool host_accessible =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible;
+
+  struct Piece {
+    std::size_t param;
+    long param_offset, bucket_offset, length;
+  };
+  struct Bucket {
+    std::vector<Piece> pieces;
+    long length = 0;
+    int stage = 0;
+    flat_view buffer;
+    Kokkos::View<Scalar*, Kokkos::HostSpace> staging;
+    std::unique_ptr<Communicator::Pending> pending;
+  };
+
+  Communicator* comm_ = nullptr;
+  ParameterList<memory_space, Scalar> params_;
+  int nstages_ = 0;
+  std::vector<Bucket> buckets_;
+};
+
+}  // namespace trellis
