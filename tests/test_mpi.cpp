@@ -214,6 +214,41 @@ TEST_CASE("communicator: broadcast, started sums, rank-ordered sums, gather, agr
   CHECK(c.description().find("ranks") != std::string::npos);
 }
 
+TEST_CASE("gradient reducer: buckets start when their stage is final, and hold the mean") {
+  Exec space;
+  using Flat = Kokkos::View<double*, Kokkos::LayoutRight, Exec::memory_space>;
+  // Backward finishes "head." first, then "core.", then "embedding." (1000 values in
+  // buckets of 48 doubles: tensors span buckets, and one bucket holds two stages).
+  std::vector<std::pair<std::string, long>> tensors{{"embedding.w", 300}, {"core.w", 500}, {"head.b", 200}};
+  std::vector<Flat> values, grads;
+  trellis::ParameterList<Exec::memory_space, double> list;
+  int const r = world().rank(), P = world().size();
+  for (auto const& [name, n] : tensors) {
+    values.emplace_back("v", n);
+    grads.emplace_back("g", n);
+    auto h = Kokkos::create_mirror_view(grads.back());
+    for (long i = 0; i < n; ++i) h(i) = double(r + 1) * double(i + 1);
+    Kokkos::deep_copy(grads.back(), h);
+    trellis::add_parameter(list, name, values.back(), grads.back());
+  }
+  trellis::GradientReducer<Exec, double> reducer(world(), list, {{"head."}, {"core."}, {"embedding."}}, 48 * 8);
+  REQUIRE(reducer.buckets() == 21);  // 1000 values, 48 a bucket
+  reducer.stage_final(space, 0);
+  CHECK(reducer.in_flight() == 4);  // the head's 200 values fill 4 buckets; the fifth holds core values too
+  reducer.stage_final(space, 1);
+  CHECK(reducer.in_flight() == 14);  // the core ends at value 700, in the fifteenth bucket
+  reducer.finish(space);
+  CHECK(reducer.in_flight() == 0);
+  double const mean = double(P + 1) / 2;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), grads[t]);
+    for (long i = 0; i < tensors[t].second; ++i) {
+      INFO(tensors[t].first, "(", i, ")");
+      REQUIRE(h(i) == mean * double(i + 1));
+    }
+  }
+}
+
 TEST_CASE("data parallel: P ranks x B/P equal one process x B, step by step (language model)") {
   check_ranks_equal_one_process(MakeLanguageTask{});
 }

@@ -68,6 +68,12 @@ class GradientReducer {
   bool active() const { return comm_ && comm_->size() > 1; }
   std::size_t buckets() const { return buckets_.size(); }
   std::size_t bucket_length(std::size_t b) const { return std::size_t(buckets_[b].length); }
+  /// Buckets whose sums are in flight (started, not yet waited on).
+  std::size_t in_flight() const {
+    std::size_t n = 0;
+    for (auto const& b : buckets_) n += b.pending ? 1 : 0;
+    return n;
+  }
 
   /// Backward has finished the gradients of `stage` (and of every stage before it):
   /// the sums of the buckets they complete start now.

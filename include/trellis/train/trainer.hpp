@@ -261,7 +261,7 @@ class Trainer {
       if (window_steps_ >= options_.log_every) curve_row(std::nan(""));
       if (since_eval >= options_.eval_every_seconds) {
         since_eval = 0;
-        double const v = task_.validate();
+        double const v = agreed(task_.validate());
         say("step ", step_, " (", format_minutes(trained_seconds_), " trained): valid ", task_.metric(), " ", v, "; ",
             long(throughput), " ", task_.unit(), " per second");
         curve_row(v);
@@ -274,7 +274,7 @@ class Trainer {
     }
     if (window_steps_ > 0) curve_row(std::nan(""));
     if (!options_.checkpoint_path.empty()) checkpoint();
-    summary.valid = task_.evaluate("valid");
+    summary.valid = agreed(task_.evaluate("valid"));
     say("stopped at step ", step_, " after ", format_minutes(summary.session_seconds), " of training (",
         format_minutes(trained_seconds_), " in all): valid ", task_.metric(), " ", summary.valid);
     curve_row(summary.valid);
@@ -306,11 +306,20 @@ class Trainer {
     for (auto const& [name, view] : opt.state()) broadcast(comm_, view);
   }
 
-  /// The group's step: the mean loss and time, the summed counts.
+  /// Rank 0's value on every rank: what decides the control flow (stopping,
+  /// validating, the learning rate) must agree to the bit, or the ranks' collective
+  /// calls would part ways.
+  double agreed(double v) {
+    if (comm_.size() > 1) comm_.broadcast(&v, 1, Element::f64, 0);
+    return v;
+  }
+
+  /// The group's step: the mean loss and time, the summed counts (rank 0's sums).
   void group_step(StepResult& r, double& dt) {
     if (comm_.size() == 1) return;
     double v[5] = {r.loss, r.nll, double(r.count), double(r.correct), dt};
     comm_.sum(v, 5, Element::f64);
+    comm_.broadcast(v, 5, Element::f64, 0);
     double const P = double(comm_.size());
     r = StepResult{v[0] / P, v[1], long(v[2]), long(v[3])};
     dt = v[4] / P;
@@ -322,7 +331,7 @@ class Trainer {
   }
 
   void end_epoch() {
-    double const v = task_.evaluate("valid");
+    double const v = agreed(task_.evaluate("valid"));
     say("epoch ", epoch_, " done at step ", step_, ": valid ", task_.metric(), " ", v);
     curve_row(v);
     update_lr(v);
