@@ -146,10 +146,15 @@ def main():
     override = dict(kv.split("=", 1) for kv in args.step_seconds)
     print(f"\n## Weak scaling: ring allreduce over {args.gbit:g} Gb/s links, {args.latency_us:g} us latency\n")
     given = ", ".join(f"{k} {v} s" for k, v in override.items())
-    print(f"Compute per step (each node trains the paper's batch): "
-          + (f"given ({given}); " if given else "")
-          + f"otherwise from this machine's measured charptb-cpu step ({flop_rate / 1e9:.0f} GFLOP/s of level "
-          "GEMMs per node).\n")
+    measured_note = (f"from this machine's measured charptb-cpu step ({flop_rate / 1e9:.0f} GFLOP/s of level GEMMs "
+                     "per node)")
+    if not override:
+        print(f"Compute per step (each node trains the paper's batch): {measured_note}.\n")
+    elif set(override) >= set(CONFIGS):
+        print(f"Compute per step (each node trains the paper's batch): as given ({given}).\n")
+    else:
+        print(f"Compute per step (each node trains the paper's batch): as given ({given}); the others "
+              f"{measured_note}.\n")
     print("| model | gradient MB | compute per step s | overlap | " + " | ".join(f"{n} nodes" for n in NODES) + " |")
     print("|---|---:|---:|---|" + "---:|" * len(NODES))
     for name, c in CONFIGS.items():
