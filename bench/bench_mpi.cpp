@@ -31,15 +31,8 @@ namespace {
 using Exec = Kokkos::DefaultExecutionSpace;
 using Scalar = float;
 
-trellis::mpi::Communicator& world() {
-  static trellis::mpi::Communicator c(MPI_COMM_WORLD);
-  return c;
-}
-
-trellis::mpi::Communicator& world_in_rank_order() {
-  static trellis::mpi::Communicator c(MPI_COMM_WORLD, true);
-  return c;
-}
+trellis::mpi::Communicator& world() { return trellis::mpi::world(); }
+trellis::mpi::Communicator& world_in_rank_order() { return trellis::mpi::world(true); }
 
 /// The slowest rank's seconds since t0.
 double group_seconds(std::chrono::steady_clock::time_point t0) {

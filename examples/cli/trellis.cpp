@@ -9,15 +9,12 @@
 //   trellis eval --checkpoint C.safetensors --data NAME [--split valid|test]
 //   mpirun -np P trellis train|eval ...   (data-parallel over P ranks; output from rank 0)
 #include <CLI/CLI.hpp>
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#endif
 #include <Kokkos_Core.hpp>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
-#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -44,6 +41,7 @@ struct Common {
   double bucket_mb = 25;
   bool ordered_sums = false;
   trellis::Communicator* comm = &trellis::single_process();
+  trellis::JobPhases* phases = nullptr;
 
   /// The commands that do not share their work refuse to run as several ranks.
   void alone(char const* command) const {
@@ -51,13 +49,7 @@ struct Common {
       throw trellis::invalid_argument(std::string(command) + " runs in one process: start it without mpirun");
   }
 
-  /// The core's GEMM precision from --tf32 / --bf16 (one of them at most).
-  trellis::blas::MathMode math_mode() const {
-    if (tf32 && bf16) throw trellis::invalid_argument("--tf32 and --bf16: give one of them at most");
-    if (bf16 && precision == "fp64") throw trellis::invalid_argument("--bf16: applies to --precision fp32 only");
-    return tf32 ? trellis::blas::MathMode::tf32
-                : bf16 ? trellis::blas::MathMode::bf16 : trellis::blas::MathMode::strict;
-  }
+  trellis::blas::MathMode math_mode() const { return trellis::flags::math_mode(tf32, bf16, precision == "fp64"); }
 };
 
 struct FromRnn {
@@ -127,21 +119,27 @@ trellis_cli::Flags resolve_flags(TrainCommand const& t, trellis::safetensors::Fi
                                  checkpoint_path, given, !allow_override);
 }
 
-void train(TrainCommand& t, Common const& common) {
-  trellis_cli::check_task_data(t.task, t.data);
-  if (!(t.minutes > 0)) throw trellis::invalid_argument("--minutes " + std::to_string(t.minutes) + ": must be positive");
+/// What train and eval share: the task, the data, the math, the ranks.
+trellis_cli::TrainSettings settings(TrainCommand const& t, Common const& common) {
   trellis_cli::TrainSettings s;
   s.task = t.task;
   s.data = t.data;
+  s.data_root = trellis::data::data_root(t.data_dir);
+  s.math = common.math_mode();
+  s.comm = common.comm;
+  s.phases = common.phases;
+  return s;
+}
+
+int train(TrainCommand& t, Common const& common) {
+  trellis_cli::check_task_data(t.task, t.data);
+  if (!(t.minutes > 0)) throw trellis::invalid_argument("--minutes " + std::to_string(t.minutes) + ": must be positive");
+  auto s = settings(t, common);
   s.run_dir = t.run_dir;
   s.minutes = t.minutes;
   s.resume = t.resume;
-  s.data_root = trellis_cli::data_root(t.data_dir);
   s.fp64 = common.precision == "fp64";
-  s.math = common.math_mode();
   s.recompute = common.recompute;
-  s.comm = common.comm;
-  if (!(common.bucket_mb > 0)) throw trellis::invalid_argument("--bucket-mb " + std::to_string(common.bucket_mb) + ": must be positive");
   s.bucket_bytes = std::size_t(common.bucket_mb * double(1 << 20));
   std::string const ckpt = t.run_dir + "/checkpoint.safetensors";
   if (t.resume) {
@@ -157,13 +155,15 @@ void train(TrainCommand& t, Common const& common) {
       throw trellis::invalid_argument("--run-dir " + t.run_dir + ": holds a checkpoint already; pass --resume to continue it, or choose another directory");
     s.flags = resolve_flags(t, nullptr, "", true);
   }
+  int status = 0;
   trellis::with_backend(common.backend, [&]<class Exec>() {
     trellis::with_precision(common.precision, [&](auto scalar) {
-      using Scalar = decltype(scalar);
       Exec space;
-      trellis_cli::with_task<Exec, Scalar>(space, s, [&](auto& task) { trellis_cli::train_loop(space, task, s); });
+      trellis_cli::with_task<Exec, decltype(scalar)>(space, s,
+                                                     [&](auto& task) { status = trellis_cli::train_loop(space, task, s); });
     });
   });
+  return status;
 }
 
 void evaluate(TrainCommand& t, Common& common, bool precision_given) {
@@ -175,12 +175,7 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
     throw trellis::invalid_argument("--data " + t.data + ": " + t.checkpoint + " was trained on " + file.metadata.at("data"));
   if (t.split != "valid" && t.split != "test")
     throw trellis::invalid_argument("--split " + t.split + ": expected valid or test");
-  trellis_cli::TrainSettings s;
-  s.task = t.task;
-  s.data = t.data;
-  s.data_root = trellis_cli::data_root(t.data_dir);
-  s.math = common.math_mode();
-  s.comm = common.comm;
+  auto s = settings(t, common);
   s.flags = resolve_flags(t, &file, t.checkpoint, true);
   if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
   trellis::with_backend(common.backend, [&]<class Exec>() {
@@ -273,7 +268,8 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--bucket-mb", common.bucket_mb,
                         "data-parallel (mpirun): gradients are summed over the ranks in buckets of this many MiB, "
                         "each started as soon as backward has finished it")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   train_cmd->add_flag("--deterministic-sums", common.ordered_sums,
                       "data-parallel: sum gradients in rank order, so that two runs with the same number of ranks "
                       "give the same bits whatever algorithm the MPI picks");
@@ -294,43 +290,31 @@ int main(int argc, char** argv) {
   } catch (CLI::ParseError const& e) {
     return app.exit(e);
   }
-#if defined(__SSE__) || defined(__x86_64__)
-  // Flush denormals to zero (FTZ, DAZ) before Kokkos starts its threads, which inherit
-  // it: training drives some gradients below FLT_MIN, and denormal arithmetic on x86
-  // made steps several times slower as a run went on.
-  _mm_setcsr(_mm_getcsr() | 0x8040);
-#endif
+  trellis::flush_denormals();
 #if defined(TRELLIS_HAS_MPI)
   // A rank of an MPI job (mpirun, srun) trains data-parallel; started by hand, alone.
   std::optional<trellis::mpi::Environment> mpi;
-  std::unique_ptr<trellis::mpi::Communicator> world;
   if (trellis::mpi::launched_by_mpi()) {
     mpi.emplace(argc, argv);
-    world = std::make_unique<trellis::mpi::Communicator>(MPI_COMM_WORLD, common.ordered_sums);
-    common.comm = world.get();
+    common.comm = &trellis::mpi::world(common.ordered_sums);
   }
 #endif
   auto& comm = *common.comm;
+  trellis::JobPhases phases(comm);
+  common.phases = &phases;
   trellis::initialize_kokkos(common.threads, comm.size() > 1);
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);
     if (*run_cmd) run(rc, common);
-    if (*train_cmd) train(tr, common);
+    if (*train_cmd) status = train(tr, common);
     if (*eval_cmd) evaluate(tr, common, eval_cmd->get_option("--precision")->count() > 0);
   } catch (std::exception const& e) {
-    std::string const rank =
-        comm.size() > 1 ? "rank " + std::to_string(comm.rank()) + " of " + std::to_string(comm.size()) + ": " : "";
-    std::fprintf(stderr, "trellis %s: %s%s\n", app.get_subcommands().front()->get_name().c_str(), rank.c_str(),
-                 e.what());
+    std::fprintf(stderr, "trellis %s: %s%s\n", app.get_subcommands().front()->get_name().c_str(),
+                 phases.rank_prefix().c_str(), e.what());
     std::fflush(stderr);
     status = 1;
-    if (comm.size() > 1) {
-      // Setting up, the ranks agree to stop (each says why); running, the others may
-      // wait on this one in a sum: end the job.
-      if (trellis_cli::running()) comm.abort(1);
-      if (!dynamic_cast<trellis_cli::PeerFailed const*>(&e)) comm.agree(false);
-    }
+    phases.failed(e);
   }
   Kokkos::finalize();
   return status;

@@ -50,4 +50,5 @@
 #include <trellis/train/run_directory.hpp>
 #include <trellis/train/schedule.hpp>
 #include <trellis/train/step_result.hpp>
+#include <trellis/train/stop_signals.hpp>
 #include <trellis/train/trainer.hpp>

@@ -5,6 +5,7 @@
 // reference). All matrices are row-major rank-2 Views.
 #include <Kokkos_Core.hpp>
 
+#include <string>
 #include <type_traits>
 
 #include <trellis/blas/detail/gemm_amx.hpp>
@@ -27,6 +28,17 @@ enum class MathMode { strict, tf32, bf16 };
 /// True where MathMode::bf16 runs on AMX tiles on this host CPU (checked once); where
 /// false, host GEMMs in that mode stay strict FP32.
 inline bool bf16_tiles_available() { return trellis::detail::amx_available(); }
+
+/// How fp32 GEMMs of `mode` round on Exec, for logs: "" when strict; otherwise what the
+/// mode does there, or that it has no effect (TF32 on a CPU; bf16 without AMX-BF16).
+template <class Exec>
+std::string math_mode_note(MathMode mode) {
+  if (mode == MathMode::strict) return "";
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  if (mode == MathMode::tf32) return host ? " (--tf32 has no effect on the CPU)" : " with TF32 GEMMs";
+  if (!host) return " with bf16 GEMMs";
+  return bf16_tiles_available() ? " with bf16 GEMMs on AMX tiles" : " (--bf16: this CPU has no AMX-BF16, GEMMs stay fp32)";
+}
 
 namespace detail {
 

@@ -58,62 +58,42 @@ void check_probability(View const&, double p) {
 
 }  // namespace detail
 
-/// Fills a per-sample mask: (N, C) with rows along axis 0, or (L, N, C) with rows along
-/// axis 1. `mask_id` tells the masks of one step apart.
-template <class View>
-void fill_sample_mask(View const& mask, double p, DropoutKey const& key, std::uint64_t mask_id) {
-  detail::check_probability(mask, p);
-  using Scalar = typename View::value_type;
-  Scalar const scale = Scalar(1.0 / (1.0 - p));
-  auto h = Kokkos::create_mirror_view(mask);
-  if constexpr (View::rank == 2) {
-    for (long n = 0; n < long(mask.extent(0)); ++n)
-      for (long c = 0; c < long(mask.extent(1)); ++c)
-        h(n, c) = detail::keyed_uniform(key, mask_id, std::uint64_t(key.first_row + n), std::uint64_t(c)) < 1.0 - p
-                      ? scale
-                      : Scalar(0);
-  } else {
-    static_assert(View::rank == 3, "trellis::fill_sample_mask: masks are (N, C) or (L, N, C)");
-    long const C = long(mask.extent(2));
-    for (long t = 0; t < long(mask.extent(0)); ++t)
-      for (long n = 0; n < long(mask.extent(1)); ++n)
-        for (long c = 0; c < C; ++c)
-          h(t, n, c) = detail::keyed_uniform(key, mask_id, std::uint64_t(key.first_row + n),
-                                             std::uint64_t(t * C + c)) < 1.0 - p
-                           ? scale
-                           : Scalar(0);
-  }
-  Kokkos::deep_copy(mask, h);
-}
+/// Whether a mask is drawn per sample (by global row) or once for the whole batch.
+enum class MaskScope { sample, shared };
 
-/// Fills a mask the whole batch shares, element by flat index.
-template <class View>
-void fill_shared_mask(View const& mask, double p, DropoutKey const& key, std::uint64_t mask_id) {
+/// Fills a mask: per sample, an (N, C) mask (rows along axis 0) or an (L, N, C) one
+/// (rows along axis 1); shared, any mask, element by flat index. `mask_id` tells the
+/// masks of one step apart.
+template <MaskScope Scope, class View>
+void fill_keyed_mask(View const& mask, double p, DropoutKey const& key, std::uint64_t mask_id) {
+  static_assert(Scope == MaskScope::shared || View::rank == 2 || View::rank == 3,
+                "trellis::fill_keyed_mask: per-sample masks are (N, C) or (L, N, C)");
   detail::check_probability(mask, p);
   using Scalar = typename View::value_type;
   Scalar const scale = Scalar(1.0 / (1.0 - p));
   auto h = Kokkos::create_mirror_view(mask);
   Scalar* out = h.data();
-  for (std::size_t i = 0; i < h.span(); ++i)
-    out[i] = detail::keyed_uniform(key, mask_id, detail::shared_row, i) < 1.0 - p ? scale : Scalar(0);
+  for (std::size_t i = 0; i < h.span(); ++i) {
+    std::uint64_t row = detail::shared_row, index = i;
+    if constexpr (Scope == MaskScope::sample) {
+      // Row-major: element i is (t, n, c), t = 0 for an (N, C) mask.
+      std::size_t const C = mask.extent(View::rank - 1), N = mask.extent(View::rank - 2);
+      std::size_t const c = i % C, n = (i / C) % N, t = i / (C * N);
+      row = std::uint64_t(key.first_row + long(n));
+      index = t * C + c;
+    }
+    out[i] = detail::keyed_uniform(key, mask_id, row, index) < 1.0 - p ? scale : Scalar(0);
+  }
   Kokkos::deep_copy(mask, h);
 }
 
-/// A per-sample mask of the given extents, or an empty View when p == 0.
-template <class View, class... Extents>
-View make_sample_mask(char const* label, double p, DropoutKey const& key, std::uint64_t mask_id, Extents... extents) {
+/// A mask of the given extents, per sample or shared (`Scope`), or an empty View when
+/// p == 0.
+template <class View, MaskScope Scope, class... Extents>
+View make_keyed_mask(char const* label, double p, DropoutKey const& key, std::uint64_t mask_id, Extents... extents) {
   if (p == 0) return View();
   View mask(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
-  fill_sample_mask(mask, p, key, mask_id);
-  return mask;
-}
-
-/// A mask the batch shares, of the given extents, or an empty View when p == 0.
-template <class View, class... Extents>
-View make_shared_mask(char const* label, double p, DropoutKey const& key, std::uint64_t mask_id, Extents... extents) {
-  if (p == 0) return View();
-  View mask(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
-  fill_shared_mask(mask, p, key, mask_id);
+  fill_keyed_mask<Scope>(mask, p, key, mask_id);
   return mask;
 }
 

@@ -66,16 +66,16 @@ auto draw_masks(Network const& net, long batch, double dropouth, double wdrop,
 template <class Network>
 auto draw_masks(Network const& net, long batch, double dropouth, double wdrop, DropoutKey const& key) {
   using masks = TrellisMasks<typename Network::memory_space, typename Network::scalar_type>;
-  masks m;
+  using matrices = typename masks::matrices;
   auto const& s = net.shape();
   long const rows = long(Network::groups) * s.q();
-  m.hidden = make_sample_mask<typename masks::rows>("trellis::TrellisMasks::hidden", dropouth, key, 1, batch,
-                                                   s.q());
-  using matrices = typename masks::matrices;
-  m.weight1_drop =
-      make_shared_mask<matrices>("trellis::TrellisMasks::weight1_drop", wdrop, key, 2, net.kernels(), rows, s.ninp);
-  m.weight2_drop =
-      make_shared_mask<matrices>("trellis::TrellisMasks::weight2_drop", wdrop, key, 3, net.kernels(), rows, s.q());
+  masks m;
+  m.hidden = make_keyed_mask<typename masks::rows, MaskScope::sample>("trellis::TrellisMasks::hidden", dropouth, key,
+                                                                      1, batch, s.q());
+  m.weight1_drop = make_keyed_mask<matrices, MaskScope::shared>("trellis::TrellisMasks::weight1_drop", wdrop, key, 2,
+                                                                net.kernels(), rows, s.ninp);
+  m.weight2_drop = make_keyed_mask<matrices, MaskScope::shared>("trellis::TrellisMasks::weight2_drop", wdrop, key, 3,
+                                                                net.kernels(), rows, s.q());
   return m;
 }
 

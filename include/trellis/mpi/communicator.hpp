@@ -188,4 +188,12 @@ class Communicator final : public trellis::Communicator {
   bool ordered_ = false;
 };
 
+/// The communicator of every rank of the job (MPI_COMM_WORLD), with sums by
+/// MPI_Iallreduce or in rank order; made at the first call (after MPI has started).
+inline Communicator& world(bool rank_ordered_sums = false) {
+  static Communicator any_order(MPI_COMM_WORLD, false);
+  static Communicator rank_order(MPI_COMM_WORLD, true);
+  return rank_ordered_sums ? rank_order : any_order;
+}
+
 }  // namespace trellis::mpi

@@ -159,20 +159,20 @@ class LanguageModel {
   /// rows key.first_row onwards, shared by the batch for the embedding and weight drop.
   Masks draw_masks(long batch, DropoutKey const& key) const {
     auto const& s = config_.core;
+    auto per_sample = [&](char const* label, double p, std::uint64_t id, long columns) {
+      return make_keyed_mask<matrix, MaskScope::sample>(label, p, key, id, batch, columns);
+    };
     Masks m;
     m.core = trellis::draw_masks(core_, batch, config_.dropouth, config_.wdrop, key);
-    m.embedding =
-        make_shared_mask<vector>("trellis::LanguageModel::embedding_mask", config_.emb_dropout, key, 10, config_.ntoken);
-    m.input = make_sample_mask<matrix>("trellis::LanguageModel::input_mask", config_.dropouti, key, 11, batch,
-                                      s.ninp);
-    m.output = make_sample_mask<matrix>("trellis::LanguageModel::output_mask", config_.dropout, key, 12, batch,
-                                       s.nout);
+    m.embedding = make_keyed_mask<vector, MaskScope::shared>("trellis::LanguageModel::embedding_mask",
+                                                             config_.emb_dropout, key, 10, config_.ntoken);
+    m.input = per_sample("trellis::LanguageModel::input_mask", config_.dropouti, 11, s.ninp);
+    m.output = per_sample("trellis::LanguageModel::output_mask", config_.dropout, 12, s.nout);
     for (int a = 0; a < s.naux(); ++a)
-      m.aux.push_back(make_sample_mask<matrix>("trellis::LanguageModel::aux_mask", config_.dropout, key,
-                                              std::uint64_t(100 + a), batch, s.nout));
+      m.aux.push_back(per_sample("trellis::LanguageModel::aux_mask", config_.dropout, std::uint64_t(100 + a), s.nout));
     if (config_.n_experts > 0)
-      m.latent = make_sample_mask<matrix>("trellis::LanguageModel::latent_mask", config_.dropoutl, key, 13,
-                                         batch, long(config_.n_experts) * s.ninp);
+      m.latent = per_sample("trellis::LanguageModel::latent_mask", config_.dropoutl, 13,
+                            long(config_.n_experts) * s.ninp);
     return m;
   }
 

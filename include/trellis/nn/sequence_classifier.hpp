@@ -105,10 +105,11 @@ class SequenceClassifier {
   Masks draw_masks(long length, long batch, DropoutKey const& key) const {
     Masks m;
     m.core = trellis::draw_masks(core_, batch, config_.dropouth, config_.wdrop, key);
-    m.input = make_sample_mask<sequence>("trellis::SequenceClassifier::input_mask", config_.dropouti, key, 11,
-                                        length, batch, long(config_.core.ninp));
-    m.output = make_sample_mask<matrix>("trellis::SequenceClassifier::output_mask", config_.dropout, key, 12,
-                                       batch, config_.nclasses);
+    m.input = make_keyed_mask<sequence, MaskScope::sample>("trellis::SequenceClassifier::input_mask",
+                                                           config_.dropouti, key, 11, length, batch,
+                                                           long(config_.core.ninp));
+    m.output = make_keyed_mask<matrix, MaskScope::sample>("trellis::SequenceClassifier::output_mask",
+                                                          config_.dropout, key, 12, batch, config_.nclasses);
     return m;
   }
 

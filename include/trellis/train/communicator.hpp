@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -139,5 +140,45 @@ inline Shard batch_shard(long batch, Communicator const& comm, char const* what)
                            "): give a multiple of " + std::to_string(comm.size()));
   return even_shard(batch, comm.rank(), comm.size());
 }
+
+/// Thrown on the ranks that set up fine when another did not.
+class peer_failed : public std::runtime_error {
+ public:
+  peer_failed() : std::runtime_error("stopping: another rank failed to set up (its message says why)") {}
+};
+
+/// How a job of ranks stops on an error. Setting up (reading data, building the model,
+/// loading a checkpoint) makes no collective call, so a rank that fails there can tell
+/// the others at the agreement that ends setting up, and every rank stops with its own
+/// message. Once running, the others may be waiting on the failed rank in a sum: the
+/// job ends at once.
+class JobPhases {
+ public:
+  explicit JobPhases(Communicator& comm) : comm_(comm) {}
+  bool running() const { return running_; }
+  /// "rank R of P: " for messages of a job of several ranks, else "".
+  std::string rank_prefix() const {
+    if (comm_.size() == 1) return "";
+    return "rank " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) + ": ";
+  }
+
+  /// Every rank has set up, or none goes on (peer_failed on the ranks that did).
+  void setup_done() {
+    if (!comm_.agree(true)) throw peer_failed();
+    running_ = true;
+  }
+
+  /// After this rank's error has been reported: setting up, tells the other ranks;
+  /// running, ends the job (it does not return).
+  void failed(std::exception const& e) {
+    if (comm_.size() == 1) return;
+    if (running_) comm_.abort(1);
+    if (!dynamic_cast<peer_failed const*>(&e)) comm_.agree(false);
+  }
+
+ private:
+  Communicator& comm_;
+  bool running_ = false;
+};
 
 }  // namespace trellis

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <trellis/blas/gemm.hpp>
 #include <trellis/core/shape.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/train/classifier_task.hpp>
@@ -31,57 +32,64 @@ struct FlagInfo {
   char const* help;
 };
 
-/// The flags that define the model.
-inline std::vector<FlagInfo> const& model_flags() {
-  static std::vector<FlagInfo> const flags{
-      {"ninp", "input (embedding) width p"},
-      {"nhid", "q - nout"},
-      {"nout", "output width (the last nout channels of the hidden state)"},
-      {"nlevels", "number of levels"},
-      {"dilation", "dilation cycle, e.g. [1,2,4]"},
-      {"dropout", "output (and aux) dropout"},
-      {"dropouti", "input dropout"},
-      {"dropouth", "hidden dropout"},
-      {"dropoutl", "MoS latent dropout"},
-      {"emb-dropout", "embedding dropout"},
-      {"wdrop", "weight drop on tap 0"},
-      {"wnorm", "weight normalisation (true|false; --wnorm / --no-wnorm)"},
-      {"aux", "weight of the aux losses"},
-      {"aux-freq", "aux outputs every F levels (0: none)"},
-      {"n-experts", "mixture of softmaxes experts (0: tied decoder)"},
-      {"alpha", "AR weight"},
-      {"beta", "TAR weight"},
-      {"init-std", "the core's weights and bias start from N(0, init-std) (the reference: 0.01)"},
-      {"untied", "one kernel per level instead of one for all: the gated TCN of the paper's comparison"},
-  };
-  return flags;
+namespace detail {
+struct FlagTables {
+  std::vector<FlagInfo> model, training;
+};
+
+inline FlagTables const& flag_tables() {
+  static FlagTables const tables{
+      {
+          {"ninp", "input (embedding) width p"},
+          {"nhid", "q - nout"},
+          {"nout", "output width (the last nout channels of the hidden state)"},
+          {"nlevels", "number of levels"},
+          {"dilation", "dilation cycle, e.g. [1,2,4]"},
+          {"dropout", "output (and aux) dropout"},
+          {"dropouti", "input dropout"},
+          {"dropouth", "hidden dropout"},
+          {"dropoutl", "MoS latent dropout"},
+          {"emb-dropout", "embedding dropout"},
+          {"wdrop", "weight drop on tap 0"},
+          {"wnorm", "weight normalisation (true|false; --wnorm / --no-wnorm)"},
+          {"aux", "weight of the aux losses"},
+          {"aux-freq", "aux outputs every F levels (0: none)"},
+          {"n-experts", "mixture of softmaxes experts (0: tied decoder)"},
+          {"alpha", "AR weight"},
+          {"beta", "TAR weight"},
+          {"init-std", "the core's weights and bias start from N(0, init-std) (the reference: 0.01)"},
+          {"untied", "one kernel per level instead of one for all: the gated TCN of the paper's comparison"},
+      },
+      {
+          {"optim", "adam|adamw|sgd"},
+          {"lr", "learning rate"},
+          {"wdecay", "weight decay (L2, added to the gradient; decoupled for adamw)"},
+          {"momentum", "SGD momentum"},
+          {"clip", "global gradient-norm clip (0: off)"},
+          {"batch-size", "batch size"},
+          {"seq-len", "sequence length (language models)"},
+          {"eval-batch-size", "batch size of evaluation"},
+          {"seed", "random seed"},
+          {"when", "epochs after which lr *= gamma, e.g. [10,20]"},
+          {"gamma", "factor of the step schedule"},
+          {"plateau-patience", "validations without improvement before lr *= plateau-factor (-1: off)"},
+          {"plateau-factor", "factor of the plateau schedule"},
+          {"anneal", "over this last fraction of the session (its minutes, or --max-steps if that ends it first), lr falls linearly to 0 (0: off)"},
+          {"eval-minutes", "training minutes between validations"},
+          {"valid-tokens", "validations during training score this many tokens / images (0: all)"},
+          {"checkpoint-minutes", "training minutes between checkpoints"},
+          {"max-steps", "stop after this many steps (0: no limit)"},
+          {"log-every", "steps per row of curves.csv"},
+      }};
+  return tables;
 }
+}  // namespace detail
+
+/// The flags that define the model.
+inline std::vector<FlagInfo> const& model_flags() { return detail::flag_tables().model; }
 
 /// The flags that define the optimisation and its cadences.
-inline std::vector<FlagInfo> const& training_flags() {
-  static std::vector<FlagInfo> const flags{
-      {"optim", "adam|adamw|sgd"},
-      {"lr", "learning rate"},
-      {"wdecay", "weight decay (L2, added to the gradient; decoupled for adamw)"},
-      {"momentum", "SGD momentum"},
-      {"clip", "global gradient-norm clip (0: off)"},
-      {"batch-size", "batch size"},
-      {"seq-len", "sequence length (language models)"},
-      {"eval-batch-size", "batch size of evaluation"},
-      {"seed", "random seed"},
-      {"when", "epochs after which lr *= gamma, e.g. [10,20]"},
-      {"gamma", "factor of the step schedule"},
-      {"plateau-patience", "validations without improvement before lr *= plateau-factor (-1: off)"},
-      {"plateau-factor", "factor of the plateau schedule"},
-      {"anneal", "over this last fraction of the session (its minutes, or --max-steps if that ends it first), lr falls linearly to 0 (0: off)"},
-      {"eval-minutes", "training minutes between validations"},
-      {"valid-tokens", "validations during training score this many tokens / images (0: all)"},
-      {"checkpoint-minutes", "training minutes between checkpoints"},
-      {"max-steps", "stop after this many steps (0: no limit)"},
-      {"log-every", "steps per row of curves.csv"},
-  };
-  return flags;
-}
+inline std::vector<FlagInfo> const& training_flags() { return detail::flag_tables().training; }
 
 // ---------------------------------------------------------------- typed values
 
@@ -155,6 +163,13 @@ inline Flags resolve(Flags defaults, std::map<std::string, std::string> const* c
 }
 
 // ---------------------------------------------------------------- options
+
+/// The core's GEMM precision from --tf32 and --bf16 (one at most; bf16 in fp32 only).
+inline blas::MathMode math_mode(bool tf32, bool bf16, bool fp64) {
+  if (tf32 && bf16) throw invalid_argument("--tf32 and --bf16: give one of them at most");
+  if (bf16 && fp64) throw invalid_argument("--bf16: applies to --precision fp32 only");
+  return tf32 ? blas::MathMode::tf32 : bf16 ? blas::MathMode::bf16 : blas::MathMode::strict;
+}
 
 /// The core's shape from ninp, nhid, nout, nlevels, dilation, aux-freq and wnorm.
 inline TrellisShape core_shape(Flags const& f, char const* call) {

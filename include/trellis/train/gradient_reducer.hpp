@@ -94,14 +94,9 @@ class GradientReducer {
       b.pending->wait();
       b.pending.reset();
       if (b.staging.extent(0) > 0) Kokkos::deep_copy(space, b.buffer, b.staging);
-      for (auto const& piece : b.pieces) {
-        auto const g = params_[piece.param].grad;
-        auto const buf = b.buffer;
-        long const to = piece.param_offset, from = piece.bucket_offset;
-        Kokkos::parallel_for(
-            "trellis::GradientReducer::mean", Kokkos::RangePolicy<ExecutionSpace>(space, 0, piece.length),
-            KOKKOS_LAMBDA(long i) { g(to + i) = buf(from + i) * inv; });
-      }
+      for (auto const& piece : b.pieces)
+        copy(space, "trellis::GradientReducer::mean", b.buffer, piece.bucket_offset, params_[piece.param].grad,
+             piece.param_offset, piece.length, inv);
     }
   }
 
@@ -109,15 +104,18 @@ class GradientReducer {
   struct Bucket;
 
  public:  // nvcc: a function holding a __device__ lambda may not be private; internal all the same
+  /// to(to_offset + i) = scale * from(from_offset + i) for i < n.
+  static void copy(ExecutionSpace const& space, char const* label, flat_view const& from, long from_offset,
+                   flat_view const& to, long to_offset, long n, Scalar scale) {
+    Kokkos::parallel_for(
+        label, Kokkos::RangePolicy<ExecutionSpace>(space, 0, n),
+        KOKKOS_LAMBDA(long i) { to(to_offset + i) = scale * from(from_offset + i); });
+  }
+
   void start(ExecutionSpace const& space, Bucket& b) {
-    for (auto const& piece : b.pieces) {
-      auto const g = params_[piece.param].grad;
-      auto const buf = b.buffer;
-      long const from = piece.param_offset, to = piece.bucket_offset;
-      Kokkos::parallel_for(
-          "trellis::GradientReducer::pack", Kokkos::RangePolicy<ExecutionSpace>(space, 0, piece.length),
-          KOKKOS_LAMBDA(long i) { buf(to + i) = g(from + i); });
-    }
+    for (auto const& piece : b.pieces)
+      copy(space, "trellis::GradientReducer::pack", params_[piece.param].grad, piece.param_offset, b.buffer,
+           piece.bucket_offset, piece.length, Scalar(1));
     Scalar* data = b.buffer.data();
     if (b.staging.extent(0) > 0) {
       Kokkos::deep_copy(space, b.staging, b.buffer);

@@ -1,9 +1,10 @@
 #pragma once
 // A training run's directory: log.txt (appended line by line), curves.csv (one row per
 // CurveRow, rewritten whole through a temporary file and a rename, so that a reader
-// never sees half a file) and the checkpoint's path. The trellis program's run
-// directories are these.
+// never sees half a file), curves.png (drawn by gnuplot, when installed) and the
+// checkpoint's path. The trellis program's run directories are these.
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -83,6 +84,26 @@ class RunDirectory {
       if (!out.flush()) throw file_error(tmp + ": writing failed");
     }
     std::filesystem::rename(tmp, path("curves.csv"));
+  }
+
+  /// curves.png from curves.csv (the train and valid metric against training minutes),
+  /// drawn by gnuplot and renamed into place; false when gnuplot is missing or fails.
+  bool plot_curves(std::string const& metric) {
+    std::string const script = path("curves.gp"), png = path("curves.png.tmp");
+    {
+      std::ofstream gp(script, std::ios::trunc);
+      gp << "set terminal png size 900,600\nset output '" << png << "'\nset datafile separator ','\n"
+         << "set key autotitle columnhead\nset xlabel 'training minutes'\nset ylabel '" << metric << "'\n"
+         << "set grid\nset title 'trellis train: " << metric << "'\n"
+         << "plot '" << path("curves.csv") << "' using 3:6 with lines lw 2 title 'train', "
+         << "'' using 3:7 with linespoints pt 7 lw 2 title 'valid'\n";
+    }
+    std::string const cmd = "gnuplot '" + script + "' 2>/dev/null";
+    bool const drawn = std::system(cmd.c_str()) == 0 && std::filesystem::exists(png);
+    std::error_code ec;
+    if (drawn) std::filesystem::rename(png, path("curves.png"), ec);
+    std::filesystem::remove(script, ec);
+    return drawn && !ec;
   }
 
  private:

@@ -89,12 +89,16 @@ struct TrainerCallbacks {
   std::function<void(TrainerProgress const&)> progress;
   std::function<void(CurveRow const&)> curve;
   std::function<void(std::string const& path, long step)> checkpoint;  ///< after a checkpoint is written
+  /// Asked after every step: true ends the session there (a signal, a deadline of the
+  /// caller's). Data-parallel, any rank's request stops every rank at the same step.
+  std::function<bool()> stop_requested;
 };
 
 struct TrainerSummary {
   long steps = 0;               ///< this session's
   double session_seconds = 0;   ///< training seconds this session
-  double valid = std::nan("");  ///< the full validation metric at the end
+  double valid = std::nan("");  ///< the full validation metric at the end (not when stopped)
+  bool stopped = false;         ///< stop_requested ended the session: checkpointed, not validated
 };
 
 template <class ExecutionSpace, class Task>
@@ -161,11 +165,13 @@ class Trainer {
   }
 
   /// Saves to `path` (a temporary file renamed into place); data-parallel, call on
-  /// every rank: rank 0 writes.
+  /// every rank: rank 0 writes, and every rank returns once it has.
   void save(std::string const& path) {
     safetensors::File file;
     save(file);
     if (comm_.is_root()) safetensors::write(path, file);
+    // No rank goes on (or exits: a launcher may then end the job) before the file is whole.
+    if (comm_.size() > 1) comm_.barrier();
   }
 
   /// Continues the run a checkpoint holds: the task, the optimiser, the counters, the
@@ -212,9 +218,9 @@ class Trainer {
 
   void resume(std::string const& path) { resume(safetensors::read(path), path); }
 
-  /// Trains until the session's budget (max_seconds of training) is spent or the step
-  /// count reaches max_steps; then checkpoints (with a checkpoint_path) and runs a full
-  /// validation.
+  /// Trains until the session's budget (max_seconds of training) is spent, the step
+  /// count reaches max_steps or stop_requested says so; then checkpoints (with a
+  /// checkpoint_path) and, unless stopped, runs a full validation.
   TrainerSummary run() {
     // A language model resumed mid-epoch keeps the carried state it was saved with.
     if (!resumed_ || batch_in_epoch_ == 0) task_.start_epoch(epoch_);
@@ -239,7 +245,8 @@ class Trainer {
       auto r = task_.step(batch_in_epoch_, DropoutKey{options_.seed, std::uint64_t(step_ + 1), 0});
       space_.fence();
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      group_step(r, dt);
+      bool stop = callbacks_.stop_requested && callbacks_.stop_requested();
+      group_step(r, dt, stop);
       if (!std::isfinite(r.loss)) {
         say("the loss is ", r.loss, " at step ", step_ + 1, "; stopping (lower the learning rate or clip the gradients)");
         detail::fail("trellis::Trainer::run: the loss diverged at step ", step_ + 1);
@@ -259,6 +266,10 @@ class Trainer {
                                             window_.loss / double(window_steps_), throughput,
                                             budget - summary.session_seconds});
       if (window_steps_ >= options_.log_every) curve_row(std::nan(""));
+      if (stop) {
+        summary.stopped = true;
+        break;
+      }
       if (since_eval >= options_.eval_every_seconds) {
         since_eval = 0;
         double const v = agreed(task_.validate());
@@ -274,6 +285,11 @@ class Trainer {
     }
     if (window_steps_ > 0) curve_row(std::nan(""));
     if (!options_.checkpoint_path.empty()) checkpoint();
+    if (summary.stopped) {
+      say("stopped on request at step ", step_, " after ", format_minutes(summary.session_seconds), " of training",
+          options_.checkpoint_path.empty() ? "" : "; checkpoint written");
+      return summary;
+    }
     summary.valid = agreed(task_.evaluate("valid"));
     say("stopped at step ", step_, " after ", format_minutes(summary.session_seconds), " of training (",
         format_minutes(trained_seconds_), " in all): valid ", task_.metric(), " ", summary.valid);
@@ -314,15 +330,17 @@ class Trainer {
     return v;
   }
 
-  /// The group's step: the mean loss and time, the summed counts (rank 0's sums).
-  void group_step(StepResult& r, double& dt) {
+  /// The group's step: the mean loss and time, the summed counts, a stop any rank
+  /// asked for (rank 0's sums).
+  void group_step(StepResult& r, double& dt, bool& stop) {
     if (comm_.size() == 1) return;
-    double v[5] = {r.loss, r.nll, double(r.count), double(r.correct), dt};
-    comm_.sum(v, 5, Element::f64);
-    comm_.broadcast(v, 5, Element::f64, 0);
+    double v[6] = {r.loss, r.nll, double(r.count), double(r.correct), dt, stop ? 1.0 : 0.0};
+    comm_.sum(v, 6, Element::f64);
+    comm_.broadcast(v, 6, Element::f64, 0);
     double const P = double(comm_.size());
     r = StepResult{v[0] / P, v[1], long(v[2]), long(v[3])};
     dt = v[4] / P;
+    stop = v[5] > 0;
   }
 
   template <class... Parts>
