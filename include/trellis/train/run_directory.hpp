@@ -3,8 +3,8 @@
 // CurveRow, rewritten whole through a temporary file and a rename, so that a reader
 // never sees half a file), curves.png (drawn by gnuplot, when installed) and the
 // checkpoint's path. The trellis program's run directories are these.
+#include <cerrno>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -12,6 +12,11 @@
 #include <string>
 #include <system_error>
 #include <vector>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <trellis/errors.hpp>
 #include <trellis/train/trainer.hpp>
@@ -98,8 +103,7 @@ class RunDirectory {
          << "plot '" << path("curves.csv") << "' using 3:6 with lines lw 2 title 'train', "
          << "'' using 3:7 with linespoints pt 7 lw 2 title 'valid'\n";
     }
-    std::string const cmd = "gnuplot '" + script + "' 2>/dev/null";
-    bool const drawn = std::system(cmd.c_str()) == 0 && std::filesystem::exists(png);
+    bool const drawn = run_gnuplot(script) && std::filesystem::exists(png);
     std::error_code ec;
     if (drawn) std::filesystem::rename(png, path("curves.png"), ec);
     std::filesystem::remove(script, ec);
@@ -107,6 +111,25 @@ class RunDirectory {
   }
 
  private:
+  /// gnuplot on `script`, its stderr to /dev/null. Spawned rather than run through
+  /// std::system, which ignores SIGINT while it waits: a Ctrl-C meant for training
+  /// would be lost during a plot.
+  static bool run_gnuplot(std::string const& script) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    std::string program = "gnuplot", file = script;
+    char* argv[] = {program.data(), file.data(), nullptr};
+    pid_t pid = 0;
+    int const spawned = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (spawned != 0) return false;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+      if (errno != EINTR) return false;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+
   std::string dir_;
   std::ofstream log_;
   std::vector<std::string> curve_rows_;
