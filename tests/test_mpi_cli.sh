@@ -67,6 +67,15 @@ expect_error_on_every_rank batch "--batch-size 5 does not divide among 2 ranks" 
   "${lm[@]}" --run-dir "$work/batch" --batch-size 5
 expect_error_on_every_rank data "sotu" "${lm[@]/$work\/data/$work/missing}" --run-dir "$work/nodata"
 
+# A launcher's ranks that MPI does not join (srun without PMI) would each train alone on
+# the same files: an error.
+SLURM_STEP_NUM_TASKS=2 timeout 60 "$cli" train "${lm[@]}" --run-dir "$work/alone" >"$work/alone.out" 2>"$work/alone.err"
+status=$?
+[ $status -eq 1 ] || fail "2 launcher ranks that MPI does not see: status $status"
+grep -q "started as one of 2 ranks, but MPI sees 1" "$work/alone.err" ||
+  fail "2 launcher ranks that MPI does not see: $(head -3 "$work/alone.err")"
+[ -e "$work/alone" ] && fail "2 launcher ranks that MPI does not see: the run directory was made"
+
 # SIGKILL to one rank while it trains: the job ends non-zero within 30 s; the last
 # checkpoint loads and the run resumes, as 2 ranks and as one process.
 "${mpiexec[@]}" "$cli" train "${lm[@]}" --run-dir "$work/killed" --checkpoint-minutes 0.002 \

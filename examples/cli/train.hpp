@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -176,8 +177,8 @@ int train_loop(Exec const& space, Task& task, TrainSettings const& s) {
   double last_bar = -1e9;
   trellis::TrainerCallbacks callbacks;
   if (dir) callbacks = run_directory_callbacks<Exec, Task>(*dir, task, metric, plot_warned, last_bar);
-  trellis::StopSignals signals;
-  callbacks.stop_requested = signals.requested();
+  std::optional<trellis::StopSignals> signals(std::in_place);  // while training: not while testing
+  callbacks.stop_requested = signals->requested();
   trellis::Trainer<Exec, Task> trainer(space, task, options, callbacks);
   if (s.resume) {
     trainer.resume(ckpt);
@@ -190,12 +191,15 @@ int train_loop(Exec const& space, Task& task, TrainSettings const& s) {
         " batches per epoch, for ", s.minutes, " minutes of training",
         s.comm->size() > 1 ? "; data-parallel: " + s.comm->description() : "");
   if (trainer.run().stopped) {
+    // A rank that was not signalled stops with another's: SIGTERM's status.
+    bool const here = signals->signal() != 0;
     if (dir) {
       dir->write_curves(metric);
-      log(*dir, "stopped by ", signals.name(), " at step ", trainer.step());
+      log(*dir, "stopped by ", here ? signals->name() : "a signal to another rank", " at step ", trainer.step());
     }
-    return signals.exit_status();
+    return here ? signals->exit_status() : 128 + SIGTERM;
   }
+  signals.reset();
   double const test = task.evaluate("test");
   if (!dir) return 0;
   log(*dir, "test ", metric, " ", test);

@@ -25,6 +25,9 @@
 #if defined(TRELLIS_HAS_MPI)
 #include <trellis/mpi/communicator.hpp>
 #include <trellis/mpi/environment.hpp>
+constexpr bool with_mpi = true;
+#else
+constexpr bool with_mpi = false;
 #endif
 
 #include "train.hpp"
@@ -300,6 +303,10 @@ int main(int argc, char** argv) {
   }
 #endif
   auto& comm = *common.comm;
+  if (auto const why = trellis::missing_ranks(comm.size(), with_mpi); !why.empty()) {
+    std::fprintf(stderr, "trellis: %s\n", why.c_str());
+    return 1;
+  }
   trellis::JobPhases phases(comm);
   common.phases = &phases;
   trellis::initialize_kokkos(common.threads, comm.size() > 1);

@@ -8,6 +8,8 @@
 #include <xmmintrin.h>
 #endif
 
+#include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include <trellis/errors.hpp>
@@ -42,6 +44,27 @@ inline void flush_denormals() {
 #if defined(__SSE__) || defined(__x86_64__)
   _mm_setcsr(_mm_getcsr() | 0x8040);
 #endif
+}
+
+/// How many ranks a launcher (mpirun, mpiexec, srun) started this job with, as its
+/// variables say; 1 when none does.
+inline int launcher_ranks() {
+  int ranks = 1;
+  for (char const* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
+    if (char const* v = std::getenv(name)) ranks = std::max(ranks, std::atoi(v));
+  return ranks;
+}
+
+/// Empty when every rank a launcher started (launcher_ranks) is in the job of
+/// `ranks_in_job`; otherwise why not, for an error: each rank would work alone on the
+/// same files.
+inline std::string missing_ranks(int ranks_in_job, bool built_with_mpi) {
+  int const started = launcher_ranks();
+  if (started <= ranks_in_job) return "";
+  return "started as one of " + std::to_string(started) + " ranks, but " +
+         (!built_with_mpi ? std::string("this program was built without MPI (scripts/install-deps installs Open MPI)")
+                          : "MPI sees " + std::to_string(ranks_in_job) +
+                                " (with Slurm, give srun --mpi=pmix or --mpi=pmi2)");
 }
 
 /// The best backend this build enables: cuda, else openmp, else serial.

@@ -89,7 +89,7 @@ class Communicator final : public trellis::Communicator {
   bool takes_device_buffers() const override { return cuda_aware(); }
   std::string description() const override {
     return "MPI (" + library_version() + "), " + std::to_string(size_) + " ranks, " +
-           (ordered_ ? "sums in rank order" : "sums by MPI_Iallreduce") + ", device buffers " +
+           (ordered_ ? "sums in rank order" : "sums by MPI_Iallreduce") + " on host buffers, device broadcasts " +
            (cuda_aware() ? "passed to MPI (CUDA-aware)" : "staged through the host (not CUDA-aware)");
   }
 
@@ -126,6 +126,9 @@ class Communicator final : public trellis::Communicator {
 
  private:
   struct MpiSum final : Pending {
+    MpiSum() = default;
+    MpiSum(MpiSum const&) = delete;
+    MpiSum& operator=(MpiSum const&) = delete;
     MPI_Request request = MPI_REQUEST_NULL;
     void wait() override { detail::check(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait"); }
     ~MpiSum() override {
@@ -137,45 +140,48 @@ class Communicator final : public trellis::Communicator {
   /// every rank, adds them in rank order 0, 1, ..., and the slices are gathered back.
   /// The all-to-all starts at once; the adds and the gather happen in wait().
   struct OrderedSum final : Pending {
-    OrderedSum(Communicator& c, void* data, std::size_t count, Element e)
-        : comm(c), data(static_cast<char*>(data)), count(count), element(e) {
-      std::size_t const P = std::size_t(c.size_);
+    OrderedSum(Communicator const& c, void* data, std::size_t count, Element e)
+        : comm(c.comm_), rank(c.rank_), size(c.size_), data(static_cast<char*>(data)), count(count), element(e) {
+      std::size_t const P = std::size_t(size);
       slice = (count + P - 1) / P;
       std::size_t const b = detail::bytes(e);
       send.assign(slice * P * b, 0);
       std::memcpy(send.data(), data, count * b);
       recv.resize(slice * P * b);
       int const n = detail::count_of(slice, "MPI_Ialltoall");
-      detail::check(MPI_Ialltoall(send.data(), n, detail::datatype(e), recv.data(), n, detail::datatype(e), c.comm_,
+      detail::check(MPI_Ialltoall(send.data(), n, detail::datatype(e), recv.data(), n, detail::datatype(e), comm,
                                   &request),
                     "MPI_Ialltoall");
     }
+    OrderedSum(OrderedSum const&) = delete;
+    OrderedSum& operator=(OrderedSum const&) = delete;
     ~OrderedSum() override {
       if (request != MPI_REQUEST_NULL) MPI_Wait(&request, MPI_STATUS_IGNORE);
     }
     void wait() override {
       detail::check(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait");
-      std::size_t const P = std::size_t(comm.size_);
+      std::size_t const P = std::size_t(size);
       if (element == Element::f32) add<float>(P);
       else if (element == Element::f64) add<double>(P);
       else add<std::int64_t>(P);
       int const n = detail::count_of(slice, "MPI_Allgather");
       detail::check(MPI_Allgather(MPI_IN_PLACE, n, detail::datatype(element), send.data(), n,
-                                  detail::datatype(element), comm.comm_),
+                                  detail::datatype(element), comm),
                     "MPI_Allgather");
       std::memcpy(data, send.data(), count * detail::bytes(element));
     }
     template <class T>
     void add(std::size_t P) {
       auto const* in = reinterpret_cast<T const*>(recv.data());
-      auto* out = reinterpret_cast<T*>(send.data()) + std::size_t(comm.rank_) * slice;
+      auto* out = reinterpret_cast<T*>(send.data()) + std::size_t(rank) * slice;
       for (std::size_t i = 0; i < slice; ++i) {
         T s = in[i];
         for (std::size_t r = 1; r < P; ++r) s += in[r * slice + i];
         out[i] = s;
       }
     }
-    Communicator& comm;
+    MPI_Comm comm;
+    int rank, size;
     char* data;
     std::size_t count, slice = 0;
     Element element;
@@ -188,11 +194,17 @@ class Communicator final : public trellis::Communicator {
   bool ordered_ = false;
 };
 
-/// The communicator of every rank of the job (MPI_COMM_WORLD), with sums by
-/// MPI_Iallreduce or in rank order; made at the first call (after MPI has started).
+/// The communicator of every rank of the job: a duplicate of MPI_COMM_WORLD, so that
+/// its collectives and error handler stay apart from the program's own; sums by
+/// MPI_Iallreduce or in rank order. Made at the first call (after MPI has started).
 inline Communicator& world(bool rank_ordered_sums = false) {
-  static Communicator any_order(MPI_COMM_WORLD, false);
-  static Communicator rank_order(MPI_COMM_WORLD, true);
+  static MPI_Comm const job = [] {
+    MPI_Comm dup = MPI_COMM_NULL;
+    detail::check(MPI_Comm_dup(MPI_COMM_WORLD, &dup), "MPI_Comm_dup");
+    return dup;
+  }();
+  static Communicator any_order(job, false);
+  static Communicator rank_order(job, true);
   return rank_ordered_sums ? rank_order : any_order;
 }
 

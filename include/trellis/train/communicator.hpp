@@ -3,8 +3,9 @@
 // (blocking and started-then-waited), a gather, a barrier and an agreement, on
 // contiguous buffers and on Views. SingleProcess is the group of one; an MPI_Comm is
 // trellis::mpi::Communicator (trellis/mpi/communicator.hpp, the Trellis::mpi target).
-// Views in memory the host cannot read go to the group through host buffers unless the
-// group takes device buffers (a CUDA-aware MPI).
+// Views in memory the host cannot read are summed through host buffers always (CUDA-
+// aware MPIs take device buffers in blocking collectives, not in non-blocking ones),
+// and broadcast through host buffers unless the group takes device buffers.
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -46,7 +47,8 @@ class Communicator {
   virtual int size() const = 0;
   /// For logs: the implementation, the group's size, how device buffers travel.
   virtual std::string description() const = 0;
-  /// Whether buffers in device memory may be passed as they are.
+  /// Whether buffers in device memory may be passed as they are to broadcast and
+  /// gather (never to start_sum).
   virtual bool takes_device_buffers() const { return false; }
 
   virtual void broadcast(void* data, std::size_t count, Element e, int root) = 0;
@@ -96,10 +98,14 @@ namespace detail {
 /// f(pointer) with `v`'s data where the group can read it: the View itself, or a host
 /// copy (copied back afterwards when `write_back`).
 template <class View, class F>
-void with_group_buffer(Communicator& comm, View const& v, bool write_back, F&& f) {
+void with_group_buffer(Communicator& comm, View const& v, bool write_back, bool device_ok, F&& f) {
   if (!v.span_is_contiguous()) fail("trellis::Communicator: a View that is not contiguous (", v.label(), ")");
   constexpr bool host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename View::memory_space>::accessible;
-  if (host || comm.takes_device_buffers() || comm.size() == 1) return f(v.data());
+  if (comm.size() == 1) return;
+  if (host || device_ok) {
+    Kokkos::fence();  // the group reads and writes the View from outside Kokkos
+    return f(v.data());
+  }
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
   f(h.data());
   if (write_back) Kokkos::deep_copy(v, h);
@@ -110,14 +116,15 @@ void with_group_buffer(Communicator& comm, View const& v, bool write_back, F&& f
 template <class View>
 void broadcast(Communicator& comm, View const& v, int root = 0) {
   using T = std::remove_const_t<typename View::value_type>;
-  detail::with_group_buffer(comm, v, true, [&](T* p) { comm.broadcast(p, v.span(), element_of<T>(), root); });
+  detail::with_group_buffer(comm, v, true, comm.takes_device_buffers(),
+                            [&](T* p) { comm.broadcast(p, v.span(), element_of<T>(), root); });
 }
 
 /// The group's sum of `v`, in place.
 template <class View>
 void sum(Communicator& comm, View const& v) {
   using T = std::remove_const_t<typename View::value_type>;
-  detail::with_group_buffer(comm, v, true, [&](T* p) { comm.sum(p, v.span(), element_of<T>()); });
+  detail::with_group_buffer(comm, v, true, false, [&](T* p) { comm.sum(p, v.span(), element_of<T>()); });
 }
 
 /// The first and count of this rank's rows of `rows` split as evenly as it goes (the

@@ -43,6 +43,8 @@ class GradientReducer {
         for (auto const& prefix : stages[std::size_t(s)])
           if (params_[i].name.rfind(prefix, 0) == 0) stage_of[i] = s;
     long const per_bucket = long(bucket_bytes / sizeof(Scalar));
+    if (per_bucket > 2147483647L)
+      detail::fail("trellis::GradientReducer: bucket_bytes ", bucket_bytes, " holds more values than one MPI message takes");
     for (int s = 0; s < nstages_; ++s)
       for (std::size_t i = 0; i < params_.size(); ++i) {
         if (stage_of[i] != s) continue;
@@ -59,7 +61,7 @@ class GradientReducer {
       }
     for (auto& b : buckets_) {
       b.buffer = flat_view(detail::uninitialized("trellis::GradientReducer::", "bucket"), b.length);
-      if (!host_accessible && !comm.takes_device_buffers())
+      if (!host_accessible)  // sums run on host memory (Communicator::start_sum)
         b.staging = Kokkos::View<Scalar*, Kokkos::HostSpace>(
             detail::uninitialized("trellis::GradientReducer::", "staging"), b.length);
     }

@@ -3,6 +3,7 @@
 // ask the session to stop at the next step boundary (the Trainer then checkpoints and
 // returns), and a second signal ends the program at once. The conventional exit
 // status of a program stopped so is 128 + the signal.
+#include <atomic>
 #include <csignal>
 #include <functional>
 
@@ -23,25 +24,27 @@ class StopSignals {
   StopSignals& operator=(StopSignals const&) = delete;
 
   /// The first signal received, or 0.
-  int signal() const { return int(received()); }
+  int signal() const { return received().load(); }
   char const* name() const { return signal() == SIGINT ? "SIGINT" : signal() == SIGTERM ? "SIGTERM" : "none"; }
   int exit_status() const { return 128 + signal(); }
   /// For TrainerCallbacks::stop_requested.
   std::function<bool()> requested() const {
-    return [] { return received() != 0; };
+    return [] { return received().load() != 0; };
   }
 
  private:
-  static volatile std::sig_atomic_t& received() {
-    static volatile std::sig_atomic_t sig = 0;
+  // Lock-free, so safe in a handler, and read by whichever thread asks.
+  static std::atomic<int>& received() {
+    static std::atomic<int> sig{0};
+    static_assert(std::atomic<int>::is_always_lock_free);
     return sig;
   }
   static void on_signal(int sig) {
-    if (received() != 0) {
+    if (received().load() != 0) {
       std::signal(sig, SIG_DFL);
       std::raise(sig);
     }
-    received() = sig;
+    received().store(sig);
   }
 
   using handler = void (*)(int);
