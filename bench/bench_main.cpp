@@ -11,6 +11,7 @@
 
 void register_trellis_benchmarks();
 void register_rnn_sparse_benchmarks();
+void register_stream_benchmarks();
 
 int main(int argc, char** argv) {
   Kokkos::ScopeGuard guard(argc, argv);
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("concurrency", std::to_string(Exec().concurrency()));
   register_trellis_benchmarks();
   register_rnn_sparse_benchmarks();
+  register_stream_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <random>
@@ -20,6 +21,23 @@
 #include "backends.hpp"
 
 namespace trellis::test {
+
+// Counts, through Kokkos' tool callbacks, the allocations (in every memory space) and
+// the fences (global and per instance) made while it is alive; restores the callbacks
+// it found.
+struct KokkosEventCounter {
+  static inline long allocations = 0, fences = 0;
+  Kokkos::Tools::Experimental::EventSet saved = Kokkos::Tools::Experimental::get_callbacks();
+  KokkosEventCounter() {
+    allocations = fences = 0;
+    Kokkos::Tools::Experimental::set_allocate_data_callback(
+        [](Kokkos_Profiling_SpaceHandle, char const*, void const*, std::uint64_t) { ++allocations; });
+    Kokkos::Tools::Experimental::set_begin_fence_callback([](char const*, std::uint32_t, std::uint64_t*) { ++fences; });
+  }
+  ~KokkosEventCounter() { Kokkos::Tools::Experimental::set_callbacks(saved); }
+  KokkosEventCounter(KokkosEventCounter const&) = delete;
+  KokkosEventCounter& operator=(KokkosEventCounter const&) = delete;
+};
 
 /// Elements of a contiguous View, in index order, as doubles.
 template <class View>

@@ -384,23 +384,6 @@ TEST_CASE_TEMPLATE_DEFINE("the device-shaped level kernels match the naive refer
 
 namespace {
 
-// Counts, through Kokkos' tool callbacks, the allocations (in every memory space) and
-// the fences (global and per instance) made while it is alive; restores the callbacks
-// it found.
-struct KokkosEventCounter {
-  static inline long allocations = 0, fences = 0;
-  Kokkos::Tools::Experimental::EventSet saved = Kokkos::Tools::Experimental::get_callbacks();
-  KokkosEventCounter() {
-    allocations = fences = 0;
-    Kokkos::Tools::Experimental::set_allocate_data_callback(
-        [](Kokkos_Profiling_SpaceHandle, char const*, void const*, std::uint64_t) { ++allocations; });
-    Kokkos::Tools::Experimental::set_begin_fence_callback([](char const*, std::uint32_t, std::uint64_t*) { ++fences; });
-  }
-  ~KokkosEventCounter() { Kokkos::Tools::Experimental::set_callbacks(saved); }
-  KokkosEventCounter(KokkosEventCounter const&) = delete;
-  KokkosEventCounter& operator=(KokkosEventCounter const&) = delete;
-};
-
 struct StepEvents {
   long allocations, fences;
 };

@@ -9,6 +9,7 @@
 #include <trellis/blas/gemm.hpp>
 #include <trellis/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -308,4 +309,69 @@ TEST_CASE("trellis train seqclass: Fashion-MNIST layout, row by row, and eval of
   auto const e = run_cli("eval --backend serial --checkpoint " + (run / "checkpoint.safetensors").string() +
                          " --data fashion-row --data-dir " + data.string());
   CHECK(e.last_line() == r.last_line());
+}
+
+TEST_CASE("trellis generate: text from a charlm and a wordlm checkpoint, the same for the same seed, clear errors") {
+  auto const data = make_sotu();
+  auto const chars = root() / "run-generate-chars", words = root() / "run-generate-words";
+  fs::remove_all(chars);
+  fs::remove_all(words);
+  std::string const lm = " --data sotu --data-dir " + data.string() + tiny_lm + " --max-steps 4 --run-dir ";
+  REQUIRE(run_cli("train --task charlm" + lm + chars.string()).status == 0);
+  REQUIRE(run_cli("train --task wordlm" + lm + words.string()).status == 0);
+  auto const ckpt = " --backend serial --checkpoint " + (chars / "checkpoint.safetensors").string();
+  auto gen = [&](std::string const& args) { return run_cli("generate" + ckpt + args); };
+
+  auto const a = gen(" --prompt 'the union xyz' --tokens 60 --seed 3");
+  INFO(a.err);
+  REQUIRE(a.status == 0);
+  CHECK(a.out.size() >= 61);  // 60 tokens ("<unk>" is five bytes) and a line break
+  CHECK(contains(a.err, "a prompt of 13 characters (3 outside the vocabulary"));
+  CHECK(gen(" --prompt 'the union xyz' --tokens 60 --seed 3").out == a.out);
+  CHECK(gen(" --prompt 'the union xyz' --tokens 60 --seed 4").out != a.out);
+  CHECK(gen(" --prompt 'the union xyz' --tokens 60 --seed 4 --top-k 3 --top-p 0.9 --temperature 0.7").status == 0);
+  auto const greedy = gen(" --prompt 'the union' --tokens 30 --temperature 0 --seed 1");
+  CHECK(greedy.status == 0);
+  CHECK(gen(" --prompt 'the union' --tokens 30 --temperature 0 --seed 2").out == greedy.out);
+  auto const empty = gen(" --prompt '' --tokens 20");
+  INFO(empty.err);
+  CHECK(empty.status == 0);
+  CHECK(contains(empty.err, "a prompt of 0 characters"));
+  auto const several = gen(" --prompt 'we shall' --tokens 20 --streams 3");
+  CHECK(several.status == 0);
+  CHECK(contains(several.out, "[stream 0]\n"));
+  CHECK(contains(several.out, "[stream 2]\n"));
+  // OpenMP (where built) reads the same checkpoint.
+  CHECK(run_cli("generate --checkpoint " + (chars / "checkpoint.safetensors").string() +
+                " --prompt 'the' --tokens 10").status == 0);
+
+  auto const w = run_cli("generate --backend serial --checkpoint " + (words / "checkpoint.safetensors").string() +
+                         " --prompt 'the union is' --tokens 12 --seed 5");
+  INFO(w.err);
+  REQUIRE(w.status == 0);
+  CHECK(contains(w.err, "a prompt of 3 words (0 outside"));
+  CHECK(std::count(w.out.begin(), w.out.end(), ' ') + std::count(w.out.begin(), w.out.end(), '\n') >= 12);
+
+  CHECK(run_cli("generate --checkpoint " + (root() / "nowhere.safetensors").string() + " --tokens 5").status != 0);
+  CHECK(contains(run_cli("generate --checkpoint " + (root() / "nowhere.safetensors").string() + " --tokens 5").err,
+                 "nowhere.safetensors"));
+  auto const zero = gen(" --prompt 'the' --tokens 0");
+  CHECK(zero.status != 0);
+  CHECK(contains(zero.err, "tokens is 0"));
+  auto const top_p = gen(" --prompt 'the' --tokens 5 --top-p 1.5");
+  CHECK(top_p.status != 0);
+  CHECK(contains(top_p.err, "top-p is 1.5"));
+  CHECK(contains(gen(" --prompt 'the' --tokens 5 --temperature -1").err, "temperature is -1"));
+  CHECK(contains(gen(" --prompt 'the' --tokens 5 --streams 0").err, "streams is 0"));
+
+  auto const fashion = make_fashion(5040, 30);
+  auto const classifier = root() / "run-generate-classifier";
+  fs::remove_all(classifier);
+  REQUIRE(run_cli("train --task seqclass --data fashion-row --backend serial --nhid 6 --nlevels 2 --batch-size 8 "
+                  "--eval-batch-size 256 --max-steps 1 --data-dir " + fashion.string() + " --run-dir " +
+                  classifier.string()).status == 0);
+  auto const not_lm = run_cli("generate --checkpoint " + (classifier / "checkpoint.safetensors").string() +
+                              " --prompt 'the' --tokens 5");
+  CHECK(not_lm.status != 0);
+  CHECK(contains(not_lm.err, "a seqclass checkpoint, not a language model"));
 }

@@ -7,6 +7,8 @@
 //   trellis run --model M.safetensors --input X.safetensors --output Y.safetensors
 //   trellis train --task charlm|wordlm|seqclass --data NAME --run-dir DIR --minutes M [flags] [--resume]
 //   trellis eval --checkpoint C.safetensors --data NAME [--split valid|test]
+//   trellis generate --checkpoint C.safetensors --prompt TEXT --tokens K [--temperature T] [--top-k K]
+//                    [--top-p P] [--seed S] [--streams N]
 //   mpirun -np P trellis train|eval ...   (data-parallel over P ranks; output from rank 0)
 #include <CLI/CLI.hpp>
 #include <Kokkos_Core.hpp>
@@ -189,6 +191,29 @@ void evaluate(TrainCommand& t, Common& common, bool precision_given) {
   });
 }
 
+struct GenerateCommand {
+  std::string checkpoint;
+  trellis::GenerationOptions options;
+};
+
+void generate(GenerateCommand const& g, Common& common, bool precision_given) {
+  common.alone("generate");
+  auto const file = trellis::safetensors::read(g.checkpoint);
+  if (!precision_given && file.metadata.count("precision")) common.precision = file.metadata.at("precision");
+  trellis::with_backend(common.backend, [&]<class Exec>() {
+    trellis::with_precision(common.precision, [&](auto scalar) {
+      auto const r =
+          trellis::generate_text<Exec, decltype(scalar)>(Exec(), file, g.checkpoint, g.options, common.math_mode());
+      std::fprintf(stderr, "trellis generate: a prompt of %ld %s (%ld outside the vocabulary, read as <unk>); %ld x %ld "
+                   "by exact streaming on %s in %.3f s\n", r.prompt_tokens, r.level.c_str(), r.unknown,
+                   long(r.continuations.size()), g.options.tokens, Exec::name(), r.seconds);
+      for (std::size_t n = 0; n < r.continuations.size(); ++n)
+        std::printf("%s%s\n", r.continuations.size() > 1 ? ("[stream " + std::to_string(n) + "]\n").c_str() : "",
+                    r.continuations[n].c_str());
+    });
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -288,6 +313,22 @@ int main(int argc, char** argv) {
   tr.options["eval-batch-size"] = eval_cmd->get_option("--eval-batch-size");
   add_common(eval_cmd);
 
+  GenerateCommand gen;
+  auto& go = gen.options;
+  auto* gen_cmd = app.add_subcommand("generate", "continue a prompt with a charlm or wordlm checkpoint, one exact "
+                                                 "streaming step per token; the text goes to stdout");
+  gen_cmd->add_option("--checkpoint", gen.checkpoint, "checkpoint.safetensors of a charlm or wordlm run")->required();
+  gen_cmd->add_option("--prompt", go.prompt, "text to continue; empty: start a new document from the zero state");
+  gen_cmd->add_option("--tokens", go.tokens, "tokens (characters or words) to generate")->required();
+  gen_cmd->add_option("--temperature", go.sampling.temperature, "divides the log-probabilities; 0: greedy")
+      ->capture_default_str();
+  gen_cmd->add_option("--top-k", go.sampling.top_k, "draw from the K most likely tokens (0: all)")->capture_default_str();
+  gen_cmd->add_option("--top-p", go.sampling.top_p, "draw from the most likely tokens holding probability P (nucleus)")
+      ->capture_default_str();
+  gen_cmd->add_option("--seed", go.seed, "the generator's seed: the same seed gives the same text")->capture_default_str();
+  gen_cmd->add_option("--streams", go.streams, "independent continuations, generated together")->capture_default_str();
+  add_common(gen_cmd);
+
   try {
     app.parse(argc, argv);
   } catch (CLI::ParseError const& e) {
@@ -316,6 +357,7 @@ int main(int argc, char** argv) {
     if (*run_cmd) run(rc, common);
     if (*train_cmd) status = train(tr, common);
     if (*eval_cmd) evaluate(tr, common, eval_cmd->get_option("--precision")->count() > 0);
+    if (*gen_cmd) generate(gen, common, gen_cmd->get_option("--precision")->count() > 0);
   } catch (std::exception const& e) {
     std::fprintf(stderr, "trellis %s: %s%s\n", app.get_subcommands().front()->get_name().c_str(),
                  phases.rank_prefix().c_str(), e.what());

@@ -19,6 +19,7 @@
 #include <trellis/core/recurrent.hpp>
 #include <trellis/core/rnn_sparse.hpp>
 #include <trellis/core/shape.hpp>
+#include <trellis/core/stream.hpp>
 #include <trellis/core/structure.hpp>
 #include <trellis/core/weight_tying.hpp>
 
@@ -27,9 +28,11 @@
 #include <trellis/nn/dropout.hpp>
 #include <trellis/nn/embedding.hpp>
 #include <trellis/nn/language_model.hpp>
+#include <trellis/nn/language_model_stream.hpp>
 #include <trellis/nn/linear.hpp>
 #include <trellis/nn/mixture_of_softmaxes.hpp>
 #include <trellis/nn/parameter_list.hpp>
+#include <trellis/nn/sampling.hpp>
 #include <trellis/nn/sequence_classifier.hpp>
 
 // io: files in the reference's names and layouts
@@ -38,6 +41,7 @@
 #include <trellis/io/run_model.hpp>
 #include <trellis/io/safetensors.hpp>
 #include <trellis/io/tensor_io.hpp>
+#include <trellis/io/text_generation.hpp>
 #include <trellis/io/torch_layout.hpp>
 
 // train: optimisers, schedules, tasks and the trainer

@@ -12,6 +12,8 @@ namespace trellis {
 
 template <class ExecutionSpace, class Scalar, class WeightTying, class Structure, class Activation>
 class TrellisNetwork;
+template <class Network>
+class TrellisStream;
 
 template <class MemorySpace, class Scalar, class Structure = Dense>
 class TrellisCache {
@@ -28,6 +30,8 @@ class TrellisCache {
  private:
   template <class, class, class, class, class>
   friend class TrellisNetwork;
+  template <class>
+  friend class TrellisStream;  // a prefill reads the forward's levels
   detail::CacheState<MemorySpace, Scalar, Structure> state_;
 };
 

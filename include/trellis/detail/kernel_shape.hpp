@@ -50,4 +50,51 @@ void for_each_index(char const* label, Exec const& space, long rows, long cols, 
   Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec>(space, 0, rows * cols), FlatGrid<F>{f, cols});
 }
 
+/// f(r, j) as for_each_index; on host spaces a range of at most `inline_limit` elements
+/// runs on the calling thread, because there a parallel region costs more than the work
+/// (the kernels of one streaming step).
+template <class Exec, class F>
+void for_each_small_index(char const* label, Exec const& space, long rows, long cols, F const& f,
+                          long inline_limit = 8192) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    if (host_shaped<Exec>() && rows * cols <= inline_limit) {
+      space.fence();  // earlier work on the space wrote what f reads
+      for (long r = 0; r < rows; ++r)
+        for (long j = 0; j < cols; ++j) f(r, j);
+      return;
+    }
+  }
+  for_each_index(label, space, rows, cols, f);
+}
+
+/// f(i) for i < n as Kokkos::parallel_for; on host spaces, up to `inline_limit`
+/// iterations run on the calling thread (as for_each_small_index).
+template <class Exec, class F>
+void for_each_small(char const* label, Exec const& space, long n, F const& f, long inline_limit = 64) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    if (n <= inline_limit) {
+      space.fence();
+      for (long i = 0; i < n; ++i) f(i);
+      return;
+    }
+  }
+  Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec>(space, 0, n), f);
+}
+
+/// The sum of f(i, sum) over i < n as Kokkos::parallel_reduce, inline on host spaces
+/// for up to `inline_limit` iterations.
+template <class Exec, class F>
+double sum_small(char const* label, Exec const& space, long n, F const& f, long inline_limit = 64) {
+  double total = 0;
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    if (n <= inline_limit) {
+      space.fence();
+      for (long i = 0; i < n; ++i) f(i, total);
+      return total;
+    }
+  }
+  Kokkos::parallel_reduce(label, Kokkos::RangePolicy<Exec>(space, 0, n), f, total);
+  return total;
+}
+
 }  // namespace trellis::detail

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include <trellis/detail/kokkos_compat.hpp>
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/errors.hpp>
 
 namespace trellis {
@@ -19,9 +20,7 @@ namespace detail {
 /// over the scored positions.
 template <class Exec, class F>
 double sum_over_rows(char const* label, Exec const& space, long R, F const& f) {
-  double total = 0;
-  Kokkos::parallel_reduce(label, Kokkos::RangePolicy<Exec>(space, 0, R), f, total);
-  return total;
+  return sum_small(label, space, R, f);
 }
 
 /// max and sum of exp(x - max) over columns [0, V) of row r: the log-sum-exp is

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/errors.hpp>
 
 namespace trellis {
@@ -37,8 +38,8 @@ struct Embedding {
     if (row_mask.extent(0) > 0) detail::check_shape(call, "row_mask", row_mask, {ntoken()});
     auto const w = weight;
     bool const masked = row_mask.extent(0) > 0;
-    Kokkos::parallel_for(
-        call, Kokkos::RangePolicy<ExecutionSpace>(space, 0, L * N), KOKKOS_LAMBDA(long r) {
+    detail::for_each_small(
+        call, space, L * N, KOKKOS_LAMBDA(long r) {
           long const t = r / N, n = r % N;
           int const tok = tokens(t, n);
           Scalar const m = masked ? row_mask(tok) : Scalar(1);

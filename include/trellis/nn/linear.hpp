@@ -8,6 +8,7 @@
 #include <string>
 
 #include <trellis/blas/gemm.hpp>
+#include <trellis/detail/kernel_shape.hpp>
 #include <trellis/errors.hpp>
 
 namespace trellis {
@@ -41,9 +42,8 @@ struct Linear {
     if (bias.extent(0) == 0) return;
     auto const b = bias;
     long const cols = out();
-    Kokkos::parallel_for(
-        "trellis::Linear::forward::bias", Kokkos::RangePolicy<ExecutionSpace>(space, 0, long(y.extent(0))),
-        KOKKOS_LAMBDA(long r) {
+    detail::for_each_small(
+        "trellis::Linear::forward::bias", space, long(y.extent(0)), KOKKOS_LAMBDA(long r) {
           for (long c = 0; c < cols; ++c) y(r, c) += b(c);
         });
   }
