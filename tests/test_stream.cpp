@@ -72,12 +72,14 @@ double max_error(std::vector<double> const& a, std::vector<double> const& b) {
 }
 
 template <class Exec, class Tying, class Activation>
-void check_stream_equals_forward(trellis::TrellisShape const& shape, trellis::InjectionMode injection, long N = 3) {
+void check_stream_equals_forward(trellis::TrellisShape const& shape, trellis::InjectionMode injection, long N = 3,
+                                 bool zero_state = false) {
   CAPTURE(shape.describe());
   CAPTURE(Tying::name);
   CAPTURE(Activation::name);
   CAPTURE(int(injection));
   CAPTURE(N);
+  CAPTURE(zero_state);
   Exec space;
   std::mt19937_64 rng(7);
   trellis::TrellisNetwork<Exec, double, Tying, trellis::Dense, Activation> net(space, shape);
@@ -87,12 +89,14 @@ void check_stream_equals_forward(trellis::TrellisShape const& shape, trellis::In
   // Three times the longest window a model of this depth and dilation sees at once.
   long const T = 3 * shape.nlevels * shape.max_dilation() + 7;
   auto const x = random_vector(T * N * shape.ninp, rng);
-  auto const h0 = random_vector(N * q, rng, -0.5, 0.5), c0 = random_vector(N * q, rng, -0.5, 0.5);
+  auto h0 = random_vector(N * q, rng, -0.5, 0.5), c0 = random_vector(N * q, rng, -0.5, 0.5);
+  if (zero_state) h0.assign(h0.size(), 0.0), c0.assign(c0.size(), 0.0);
   auto const want = forward_out(net, x, h0, c0, T, N);
   using Net = decltype(net);
   trellis::TrellisStream<Net> stream(space, net, N, device_state<Net>(h0, N, q), device_state<Net>(c0, N, q));
   CHECK(max_error(stream_out(stream, x, T), want) <= 1e-12);
   CHECK(stream.position() == T);
+  if (zero_state) return;
 
   // Negative control: the same comparison fails for a stream whose state is off by
   // 1e-9 in one channel of h0.
@@ -122,6 +126,25 @@ TEST_CASE_TEMPLATE_DEFINE("a stream stepped T times equals one forward over the 
       stream_shape({1, 40}, true, 3), InjectionMode::separate);
   check_stream_equals_forward<Exec, trellis::TiedAcrossDepth, trellis::LSTMGating>(stream_shape({3}, true, 1),
                                                                                   InjectionMode::separate);
+  // One stream from the zero state (a language model's case: the lowest level's tap-0
+  // product is known to be zero and skipped), tied and untied.
+  for (auto dilation : {std::vector<int>{1}, std::vector<int>{2, 1, 3}}) {
+    check_stream_equals_forward<Exec, trellis::TiedAcrossDepth, trellis::LSTMGating>(stream_shape(dilation, true),
+                                                                                    InjectionMode::separate, 1, true);
+    check_stream_equals_forward<Exec, trellis::Untied, trellis::LSTMGating>(stream_shape(dilation, false),
+                                                                           InjectionMode::folded, 1, true);
+    check_stream_equals_forward<Exec, trellis::TiedAcrossDepth, trellis::LSTMGating>(stream_shape(dilation, true),
+                                                                                    InjectionMode::separate, 1);
+  }
+  // Wide enough for whole tiles of outputs split over the threads, and an output block
+  // of the top level that is not a tile.
+  auto wide = stream_shape({1, 2, 4}, true, 3);
+  wide.nhid = 70;
+  wide.nout = 10;
+  for (long N : {1L, 3L}) {
+    check_stream_equals_forward<Exec, trellis::TiedAcrossDepth, trellis::LSTMGating>(wide, InjectionMode::separate, N);
+    check_stream_equals_forward<Exec, trellis::Untied, trellis::LSTMGating>(wide, InjectionMode::separate, N, true);
+  }
   // More streams than the host's few-row path takes: one GEMM of both taps per level.
   for (auto dilation : {std::vector<int>{1, 2, 4}, std::vector<int>{2, 1, 3}}) {
     check_stream_equals_forward<Exec, trellis::TiedAcrossDepth, trellis::LSTMGating>(stream_shape(dilation, true),

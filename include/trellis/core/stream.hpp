@@ -84,6 +84,17 @@ class TrellisStream {
     long const tap0_rows = few_rows_possible() ? shape_.nlevels * N_ : 0;
     tap0_in_ = matrix(alloc("tap0_in"), tap0_rows, q);
     tap0_out_ = matrix(alloc("tap0_out"), tap0_rows, G * q);
+    Kokkos::deep_copy(space, tap0_out_, scalar_type(0));
+    if (few_rows_possible()) {
+      wt1_ = matrices(alloc("weight1_transposed"), net.kernels(), 2 * p, G * q);
+      wt2_ = matrices(alloc("weight2_transposed"), net.kernels(), 2 * q, G * q);
+    }
+    {
+      space.fence();
+      auto const host_h0 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), h0_);
+      zero_padding_ = std::all_of(host_h0.data(), host_h0.data() + host_h0.span(),
+                                  [](scalar_type v) { return v == scalar_type(0); });
+    }
     Kokkos::View<int*, memory_space> dilation(alloc("slot_dilation"), slots_.count());
     auto host = Kokkos::create_mirror_view(dilation);
     for (int s = 0; s < slots_.count(); ++s) host(s) = slots_.dilation[std::size_t(s)];
@@ -103,7 +114,7 @@ class TrellisStream {
     std::size_t total = 0;
     auto add = [&](auto const& v) { total += v.span() * sizeof(scalar_type); };
     add(below_z_), add(below_c_), add(inputs_), add(stacked_), add(injection_), add(history_), add(gates_);
-    add(cell_prev_), add(h0_), add(c0_), add(tap0_in_), add(tap0_out_);
+    add(cell_prev_), add(h0_), add(c0_), add(tap0_in_), add(tap0_out_), add(wt1_), add(wt2_);
     if constexpr (std::is_same_v<typename Network::structure, Dense>)
       add(weights_.weight1), add(weights_.weight2), add(weights_.weight1_norm), add(weights_.weight2_norm);
     return total;
@@ -118,6 +129,7 @@ class TrellisStream {
     math_ = net.math_mode();
     structure_ops::prepare(space, weights_, shape_, net.kernels(), Network::groups);
     structure_ops::forward_weights(space, params_, typename Network::masks_type{}, weights_);
+    transpose_weights(space);
   }
 
   /// Every stream back to its (h0, c0), as if just made.
@@ -156,7 +168,7 @@ class TrellisStream {
       if (!split)
         structure_ops::hidden(space, weights_, params_, k, history_, gates_, math_);
       else if (level > 0)
-        tap1_product(space, k);
+        tap1_product(space, k, level == n - 1);
       bool const top = level == n - 1;
       detail::StreamLevel<activation, scalar_type, memory_space> f{
           gates_,     injection_,  params_.bias2, tap0_out_, history_, cell_prev_, below_z_, below_c_, out_t,
@@ -215,7 +227,7 @@ class TrellisStream {
   }
 
   /// Whether the step takes the host path for a few streams of a dense network: its
-  /// products through detail::few_rows_times_transpose, and the tap-0 halves of every
+  /// products through detail::few_rows_times on transposed weights, and the tap-0 halves of every
   /// level's hidden product (z_{t-d} is in the rings before the step starts) as one
   /// product, so that each level reads only the other half of its kernel.
   bool few_rows() const {
@@ -231,18 +243,37 @@ class TrellisStream {
   template <class XS, class UV>
   void injection(execution_space const& space, int k, XS const& xs, UV const& U) const {
     if constexpr (std::is_same_v<typename Network::structure, Dense>)
-      if (few_rows())
-        return detail::few_rows_times_transpose("trellis::TrellisStream::injection", space, xs,
-                                                slot(weights_.weight1, k), U);
+      if (few_rows()) return detail::few_rows_times("trellis::TrellisStream::injection", space, xs, slot(wt1_, k), U);
     structure_ops::injection(space, weights_, params_, k, xs, U, math_);
   }
 
-  /// A1 = z_t W_tap1^T of one level (the few-row path).
-  void tap1_product(execution_space const& space, int k) const {
+  /// W_tap^T of kernel k (q x G q): tap 0 multiplies z_{t-d}, tap 1 z_t.
+  auto tap(int k, int which) const {
+    long const q = shape_.q();
+    return Kokkos::subview(wt2_, k, std::make_pair(which * q, (which + 1) * q), Kokkos::ALL);
+  }
+
+  /// The few-row path's transposed effective weights, from weights_.
+  void transpose_weights(execution_space const& space) {
     if constexpr (std::is_same_v<typename Network::structure, Dense>) {
-      long const q = shape_.q();
-      detail::few_rows_times_transpose("trellis::TrellisStream::hidden", space, columns(history_, q, 2 * q),
-                                       columns(slot(weights_.weight2, k), q, 2 * q), gates_);
+      if (!few_rows_possible()) return;
+      space.fence();
+      for (auto [w, wt] : {std::pair{weights_.weight1, wt1_}, std::pair{weights_.weight2, wt2_}})
+        for (long k = 0; k < long(w.extent(0)); ++k)
+          for (long i = 0; i < long(w.extent(1)); ++i)
+            for (long c = 0; c < long(w.extent(2)); ++c) wt(k, c, i) = w(k, i, c);
+    }
+  }
+
+  /// A1 = z_t W_tap1^T of one level (the few-row path); on the top level only the gates
+  /// of its output channels.
+  void tap1_product(execution_space const& space, int k, bool top) const {
+    if constexpr (std::is_same_v<typename Network::structure, Dense>) {
+      long const q = shape_.q(), nout = shape_.nout;
+      detail::RowBlocks blocks;
+      if (top) blocks = {Network::groups, q, q - nout, nout};
+      detail::few_rows_times("trellis::TrellisStream::hidden", space, columns(history_, q, 2 * q), tap(k, 1), gates_,
+                             blocks);
     }
   }
 
@@ -252,7 +283,10 @@ class TrellisStream {
     if constexpr (std::is_same_v<typename Network::structure, Dense>) {
       long const q = shape_.q();
       space.fence();
-      for (int level = 0; level < shape_.nlevels; ++level) {
+      // With h0 = 0 the lowest level's z_{t-d} is zero at every step: its rows of tap0_out_
+      // stay zero (set when the stream was made).
+      int const from = zero_padding_ ? 1 : 0;
+      for (int level = from; level < shape_.nlevels; ++level) {
         long const r = ring_row(level, t);
         for (long n = 0; n < N_; ++n)
           for (long j = 0; j < q; ++j) tap0_in_(level * N_ + n, j) = below_z_(r, n, j);
@@ -260,11 +294,15 @@ class TrellisStream {
       auto const block = [&](matrix const& m, long level, long levels) {
         return Kokkos::subview(m, std::make_pair(level * N_, (level + levels) * N_), Kokkos::ALL);
       };
-      int const kernels = Network::weight_tying::tied ? 1 : shape_.nlevels;
-      long const per_kernel = Network::weight_tying::tied ? shape_.nlevels : 1;
-      for (int k = 0; k < kernels; ++k)
-        detail::few_rows_times_transpose("trellis::TrellisStream::tap0", space, block(tap0_in_, k, per_kernel),
-                                         columns(slot(weights_.weight2, k), 0, q), block(tap0_out_, k, per_kernel));
+      if constexpr (Network::weight_tying::tied) {
+        if (from < shape_.nlevels)
+          detail::few_rows_times("trellis::TrellisStream::tap0", space, block(tap0_in_, from, shape_.nlevels - from),
+                                 tap(0, 0), block(tap0_out_, from, shape_.nlevels - from));
+      } else {
+        for (int level = from; level < shape_.nlevels; ++level)
+          detail::few_rows_times("trellis::TrellisStream::tap0", space, block(tap0_in_, level, 1), tap(level, 0),
+                                 block(tap0_out_, level, 1));
+      }
     }
   }
 
@@ -300,6 +338,7 @@ class TrellisStream {
 
   TrellisShape shape_;
   long N_ = 0, t_ = 0;
+  bool zero_padding_ = false;  ///< h0 is zero: the lowest level's z_{t-d} always is
   typename Network::parameters_type params_;
   typename detail::StructureScratch<typename Network::structure, memory_space, scalar_type>::type weights_;
   blas::MathMode math_ = blas::MathMode::strict;
@@ -309,7 +348,8 @@ class TrellisStream {
   matrices inputs_;             ///< (max dilation, N, ninp)
   matrices stacked_, injection_;  ///< per injection slot: (N, 2 ninp), (N, G q)
   matrix history_, gates_, cell_prev_, h0_, c0_;
-  matrix tap0_in_, tap0_out_;  ///< (levels N, q), (levels N, G q): z_{t-d} of every level and its product
+  matrix tap0_in_, tap0_out_;
+  matrices wt1_, wt2_;         ///< few-row path: W1^T, W2^T per kernel (2 ninp or 2q, G q)  ///< (levels N, q), (levels N, G q): z_{t-d} of every level and its product
   Kokkos::View<int const*, memory_space> slot_dilation_;
 };
 

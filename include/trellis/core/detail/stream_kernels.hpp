@@ -124,8 +124,15 @@ struct StreamLevel {
   }
 
   KOKKOS_INLINE_FUNCTION void operator()(long n, long j) const { channels<1>(RowPosition{n, 0, n}, j); }
-  /// Host spaces: stream n's channels in spans whose lane loops vectorise.
-  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long n) const { along_row<Scalar>(*this, n, N, q); }
+  /// Host spaces: stream n's channels in spans whose lane loops vectorise; the top level
+  /// only its output channels (with `split`, its other gates are not computed).
+  KOKKOS_INLINE_FUNCTION void operator()(RowTag, long n) const {
+    constexpr int span = host_span<Scalar>;
+    RowPosition const position{n, 0, n};
+    long j = top ? off : 0;
+    for (; j + span <= q; j += span) channels<span>(position, j);
+    for (; j < q; ++j) channels<1>(position, j);
+  }
 };
 
 /// After a forward over T steps: ring row u of a level of dilation d holds time
