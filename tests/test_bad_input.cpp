@@ -90,3 +90,46 @@ static_assert(!trellis::is_weight_tying_v<trellis::Dense>);
 static_assert(!trellis::is_activation_v<int>);
 
 TEST_CASE_TEMPLATE_APPLY(bad_input, trellis::test::Backends);
+
+// Configurations that would allocate more than the machine has fail before allocating,
+// with the size they asked for (and a sum of sizes that wraps 64 bits saturates).
+TEST_CASE_TEMPLATE_DEFINE("sizes past the machine's memory fail before allocating", Exec, memory_limits) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    Exec space;
+    trellis::TrellisShape s;
+    s.ninp = 8;
+    s.nhid = 10'000'000;
+    s.nout = 8;
+    s.nlevels = 2;
+    long allocations = 0;
+    {
+      trellis::test::KokkosEventCounter counter;
+      CHECK_THROWS_WITH_AS((trellis::TrellisNetwork<Exec, float>(space, s)),
+                           doctest::Contains("trellis::TrellisNetwork: its parameters and their gradients (ninp=8 "
+                                             "nhid=10000000"),
+                           std::invalid_argument);
+      CHECK_THROWS_WITH_AS((trellis::TrellisNetwork<Exec, float>(space, s)),
+                           doctest::Contains("need 5.7 PiB, more than the"), std::invalid_argument);
+      allocations = trellis::test::KokkosEventCounter::allocations;
+    }
+    CHECK(allocations == 0);
+    // Untied, more levels: the same check, larger.
+    s.nlevels = 100000;
+    CHECK_THROWS_WITH_AS((trellis::TrellisNetwork<Exec, float, trellis::Untied>(space, s)),
+                         doctest::Contains("more than the"), std::invalid_argument);
+
+    trellis::LanguageModelConfig c;
+    c.core.ninp = c.core.nout = 16;
+    c.core.nhid = 16;
+    c.core.nlevels = 2;
+    c.ntoken = 1L << 40;
+    CHECK_THROWS_WITH_AS((trellis::LanguageModel<Exec, float>(space, c)),
+                         doctest::Contains("trellis::LanguageModel: its embedding of 1099511627776 x 16 and its "
+                                           "gradient need 136.0 TiB, more than the"),
+                         std::invalid_argument);
+    CHECK(trellis::detail::format_bytes(~std::uint64_t(0)) == "more than 16 EiB");
+    CHECK(trellis::detail::saturating_product({1ULL << 40, 1ULL << 40}) == ~std::uint64_t(0));
+  }
+}
+
+TEST_CASE_TEMPLATE_APPLY(memory_limits, trellis::test::Backends);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <trellis/core/detail/fast_math.hpp>
+#include <trellis/runtime.hpp>
 
 #include "helpers.hpp"
 
@@ -70,3 +71,34 @@ TEST_CASE_TEMPLATE_DEFINE("the gate functions agree on every backend", Exec, fas
 }
 
 TEST_CASE_TEMPLATE_APPLY(fast_math_backends, trellis::test::Backends);
+
+// flush_subnormals(space) reaches every host thread of the space: a product whose
+// result is subnormal gives zero on each of them, and again the subnormal when kept.
+TEST_CASE_TEMPLATE_DEFINE("flush_subnormals sets every host thread of the space, and undoes it", Exec, subnormals) {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    Exec space;
+    long const threads = long(space.concurrency());
+    auto subnormal_results = [&] {
+      long count = 0;
+      Kokkos::parallel_reduce(
+          "test::subnormal_products", Kokkos::RangePolicy<Exec, Kokkos::Schedule<Kokkos::Static>>(space, 0, threads),
+          [](long, long& n) {
+            volatile float a = 1e-30f, b = 1e-10f;  // 1e-40: subnormal in float
+            float const c = a * b;
+            n += c != 0.0f ? 1 : 0;
+          },
+          count);
+      return count;
+    };
+    bool const was = trellis::subnormals_flushed();
+    if (!trellis::flush_subnormals(space, true)) return;  // not x86: nothing to flush
+    CHECK(trellis::subnormals_flushed());
+    CHECK(subnormal_results() == 0);
+    trellis::flush_subnormals(space, false);
+    CHECK(!trellis::subnormals_flushed());
+    CHECK(subnormal_results() == threads);
+    trellis::flush_subnormals(space, was);
+  }
+}
+
+TEST_CASE_TEMPLATE_APPLY(subnormals, trellis::test::Backends);

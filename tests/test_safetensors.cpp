@@ -110,6 +110,80 @@ TEST_CASE("malformed safetensors files are clear errors") {
   }
 }
 
+// The rules of the format's own reader, one by one; each of these files is read by a
+// reader that lacks the rule.
+TEST_CASE("the safetensors reader is as strict as the format's own") {
+  auto const path = temp_path("strict.safetensors");
+  auto const a4 = std::string(R"("a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]})");
+  auto rejects = [&](std::string const& bytes, std::string const& message) {
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH_AS(st::read(path), doctest::Contains(message.c_str()), trellis::file_error);
+  };
+  SUBCASE("a well-formed file is read") {
+    write_bytes(path, raw_file("{" + a4 + R"(,"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+    CHECK(st::read(path).tensors.size() == 2);
+  }
+  SUBCASE("a header over 100,000,000 bytes, checked before it is read or allocated") {
+    std::string bytes(8, '\0');
+    std::uint64_t const n = 100'000'001;
+    for (int i = 0; i < 8; ++i) bytes[std::size_t(i)] = char((n >> (8 * i)) & 0xff);
+    rejects(bytes + "{}", "header length 100000001 at offset 0 is over the format's limit of 100000000 bytes");
+    // A length near 2^64 neither wraps the bound nor allocates.
+    rejects(std::string(8, '\xff') + "{}", "is over the format's limit");
+  }
+  SUBCASE("a gap between tensors") {
+    rejects(raw_file("{" + a4 + R"(,"b":{"dtype":"U8","shape":[2],"data_offsets":[6,8]}})", 8),
+            "a gap of 2 bytes before tensor 'b' at data offset 4");
+  }
+  SUBCASE("a first tensor that does not start at 0") {
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6), "a gap of 2 bytes before tensor 'a'");
+  }
+  SUBCASE("bytes after the last tensor") {
+    rejects(raw_file("{" + a4 + "}", 7), "3 bytes after the last tensor, from file offset");
+    rejects(raw_file("{}", 1), "1 bytes after the last tensor");
+  }
+  SUBCASE("missing bytes") {
+    rejects(raw_file("{" + a4 + "}", 3), "ends at data offset 4");
+  }
+  SUBCASE("element counts and byte sizes that wrap 64 bits") {
+    // 2^32 x 2^32 elements wrap to 0, which would match the empty span [0, 0).
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+            "tensor 'a''s element count (shape [4294967296,4294967296]) overflows 64 bits");
+    // 2^62 F32 elements: 2^64 bytes wrap to 0.
+    rejects(raw_file(R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})", 0),
+            "tensor 'a''s byte size (shape [4611686018427387904]) overflows 64 bits");
+  }
+  SUBCASE("a key twice") {
+    rejects(raw_file("{" + a4 + "," + a4 + "}", 4), "header holds the key 'a' twice");
+    rejects(raw_file(R"({"__metadata__":{"k":"1","k":"2"}})", 0), "header holds the key 'k' twice");
+    rejects(raw_file(R"({"a":{"dtype":"U8","dtype":"F32","shape":[4],"data_offsets":[0,4]}})", 4),
+            "header holds the key 'dtype' twice");
+  }
+  SUBCASE("invalid UTF-8") {
+    rejects(raw_file("{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4),
+            "is not valid JSON");
+    rejects(raw_file(R"({"__metadata__":{"k":")" + std::string("\xc3\x28") + R"("}})", 0), "is not valid JSON");
+  }
+  SUBCASE("wrong JSON types") {
+    rejects(raw_file("[]", 0), "header is not a JSON object");
+    rejects(raw_file(R"({"__metadata__":[]})", 0), "__metadata__ is not an object");
+    rejects(raw_file(R"({"__metadata__":{"k":1}})", 0), "metadata 'k' is not a string");
+    rejects(raw_file(R"({"a":[]})", 0), "tensor 'a' lacks dtype, shape or data_offsets");
+    rejects(raw_file(R"({"a":{"dtype":8,"shape":[4],"data_offsets":[0,4]}})", 4), "tensor 'a' has unknown dtype 8");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":"4","data_offsets":[0,4]}})", 4), "has a shape that is not a list");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4.0],"data_offsets":[0,4]}})", 4), "has a bad shape [4.0]");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[-4],"data_offsets":[0,4]}})", 4), "has a bad shape [-4]");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,"4"]}})", 4), "has bad data_offsets");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4,8]}})", 4), "has bad data_offsets");
+    rejects(raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[-1,3]}})", 4), "has bad data_offsets");
+  }
+  SUBCASE("dtypes outside the list") {
+    for (char const* dtype : {"F8_E5M2", "I16", "U32", "BOOL", "f32", ""})
+      rejects(raw_file(std::string(R"({"a":{"dtype":")") + dtype + R"(","shape":[1],"data_offsets":[0,1]}})", 1),
+              "has unknown dtype");
+  }
+}
+
 TEST_CASE("writing is atomic: a failed write leaves the old file") {
   auto const path = temp_path("keep.safetensors");
   st::File f;

@@ -279,6 +279,11 @@ TEST_CASE("trellis train: bad data and bad flags are clear errors that lose noth
     CHECK(contains(run_cli("train" + common + run + " --minutes 0").err, "--minutes"));
     CHECK(contains(run_cli("train" + common + run + " --init-std 0").err, "--init-std 0: must be positive"));
     CHECK(contains(run_cli("train" + common + run + " --anneal 1.5").err, "--anneal 1.5: not in [0, 1]"));
+    // More than the machine has: an error with the size, before anything is allocated.
+    auto const huge = run_cli("train" + common + run + " --nhid 10000000 --ninp 8 --nout 8");
+    CHECK(huge.status == 1);
+    CHECK(contains(huge.err, "need 5.7 PiB, more than the"));
+    CHECK(contains(run_cli("train" + common + run + " --max-skipped-steps 0").err, "--max-skipped-steps 0"));
   }
   SUBCASE("a truncated gzip") {
     auto const dir = make_fashion(5010, 20);

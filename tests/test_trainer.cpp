@@ -104,7 +104,7 @@ struct ScriptedTask {
   void resume_epoch(long) {}
   trellis::StepResult step(long, trellis::DropoutKey const&) {
     opt.step(Exec());
-    return {loss, loss, 1, 0};
+    return {loss, loss, 1, 0, {}};
   }
   double next() { return valids.at(std::min(seen++, valids.size() - 1)); }
   double validate() { return next(); }
@@ -360,6 +360,58 @@ TEST_CASE_TEMPLATE_DEFINE("trainer: clear errors for another configuration, bad 
   fs::remove_all(fs::path(path).parent_path());
 }
 TEST_CASE_TEMPLATE_APPLY(errors, Backends);
+
+// A NaN in the data: the step is skipped, the parameters and the optimiser state stay
+// as they were, and the result names the tensor.
+TEST_CASE_TEMPLATE_DEFINE("trainer: a step whose gradients are not finite is skipped and changes nothing", Exec,
+                          non_finite) {
+  Exec space;
+  auto images = synthetic_images();
+  for (auto& p : images.train.pixels) p = std::nanf("");
+  trellis::ClassifierTask<Exec, float> task(space, classifier_options(trellis::ImageSequence::rows), images);
+  auto const before = host_values(task.optimizer());
+  auto const r = task.step(0, trellis::DropoutKey{1, 1, 0});
+  CHECK(r.non_finite.rfind("core.", 0) == 0);
+  CHECK(host_values(task.optimizer()) == before);
+
+  // Through the Trainer: each step skipped and logged; after max_skipped_steps in a row
+  // the run stops with an error, and the checkpoint of the last good step is kept.
+  auto options = language_options();
+  options.optimizer_options.lr = 1e38;  // the first update makes every later gradient NaN
+  options.model.dropout = options.model.dropouti = options.model.dropouth = options.model.wdrop = 0;
+  trellis::LanguageTask<Exec, float> lm(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  auto const path = scratch("skipped.safetensors").string();
+  fs::remove(path);
+  auto o = per_step(20);
+  o.max_skipped_steps = 3;
+  o.checkpoint_path = path;
+  o.checkpoint_every_seconds = 0;  // after every step that updates
+  std::vector<std::string> log;
+  trellis::TrainerCallbacks cb;
+  cb.log = [&](std::string const& line) { log.push_back(line); };
+  trellis::Trainer<Exec, decltype(lm)> trainer(space, lm, o, cb);
+  auto const e = error_of([&] { trainer.run(); });
+  CHECK(has(e, "3 steps in a row"));
+  CHECK(has(e, "stopped with the last checkpoint kept"));
+  long skipped = 0;
+  for (auto const& line : log) skipped += has(line, "skipped: the gradient of ") ? 1 : 0;
+  CHECK(skipped == 3);
+  // The checkpoint is the last step that updated, and it loads.
+  auto const file = trellis::safetensors::read(path);
+  long const saved = long(file.at(path, "step").to_double().at(0));
+  CHECK(saved >= 1);
+  CHECK(saved == trainer.step() - 3);
+  trellis::LanguageTask<Exec, float> again(space, options, synthetic_corpus(trellis::data::TokenLevel::characters));
+  trellis::Trainer<Exec, decltype(again)> resumed(space, again, o);
+  resumed.resume(path);
+  CHECK(resumed.step() == saved);
+
+  trellis::TrainerOptions bad;
+  bad.max_skipped_steps = 0;
+  CHECK(has(error_of([&] { trellis::Trainer<Exec, decltype(lm)> t(space, lm, bad); }), "max_skipped_steps 0"));
+  fs::remove_all(fs::path(path).parent_path());
+}
+TEST_CASE_TEMPLATE_APPLY(non_finite, Backends);
 
 TEST_CASE_TEMPLATE_DEFINE("trainer: the untied gated TCN trains, saves under its own names and resumes", Exec, untied) {
   using Task = trellis::LanguageTask<Exec, double, trellis::Untied>;

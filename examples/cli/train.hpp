@@ -37,7 +37,7 @@ inline Flags task_defaults(std::string const& task, std::string const& data) {
           {"n-experts", "0"},  {"alpha", "0"},     {"beta", "0"},        {"optim", "adam"},   {"wdecay", "0"},
           {"momentum", "0"},   {"when", "[]"},     {"gamma", "0.1"},     {"plateau-patience", "-1"},
           {"plateau-factor", "0.5"}, {"max-steps", "0"}, {"seed", "1111"}, {"checkpoint-minutes", "2"},
-          {"wnorm", "true"}, {"log-every", "50"}, {"anneal", "0"}, {"init-std", "0.01"}, {"untied", "false"}};
+          {"wnorm", "true"}, {"log-every", "50"}, {"max-skipped-steps", "10"}, {"anneal", "0"}, {"init-std", "0.01"}, {"untied", "false"}};
   auto assign = [&f](Flags const& values) {
     for (auto const& [k, v] : values) f[k] = v;
   };
@@ -145,11 +145,12 @@ trellis::TrainerCallbacks run_directory_callbacks(trellis::RunDirectory& run, Ta
                                                   bool& plot_warned, double& last_bar) {
   trellis::TrainerCallbacks callbacks;
   callbacks.log = [&run](std::string const& line) { log(run, line); };
+  // Every row goes to disk at once, so that curves.csv never lags the checkpoint (a run
+  // killed after a checkpoint would lose those rows; rows past it are dropped on resume).
   callbacks.curve = [&run, &metric, &plot_warned](trellis::CurveRow const& row) {
     run.add_curve_row(row);
-    if (std::isnan(row.valid)) return;
     run.write_curves(metric);
-    plot(run, metric, plot_warned);
+    if (!std::isnan(row.valid)) plot(run, metric, plot_warned);
   };
   callbacks.progress = [&task, &last_bar](trellis::TrainerProgress const& p) {
     double const now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -182,7 +183,7 @@ int train_loop(Exec const& space, Task& task, TrainSettings const& s) {
   trellis::Trainer<Exec, Task> trainer(space, task, options, callbacks);
   if (s.resume) {
     trainer.resume(ckpt);
-    if (dir) dir->load_curves();
+    if (dir) dir->load_curves(trainer.step());
   }
   s.phases->setup_done();
   if (dir)

@@ -37,13 +37,45 @@ inline void initialize_kokkos(int num_threads, bool rank_of_job = false) {
   (void)rank_of_job;
 }
 
-/// Flushes denormal numbers to zero (FTZ, DAZ) on x86; elsewhere nothing. Call before
-/// Kokkos starts its threads, which inherit it: training drives some gradients below
-/// FLT_MIN, and denormal arithmetic on x86 makes steps several times slower.
-inline void flush_denormals() {
+/// Subnormal numbers (magnitudes below FLT_MIN, about 1.2e-38 in float, 2.2e-308 in
+/// double) flushed to zero, as results (FTZ) and as inputs (DAZ), on this thread; on
+/// x86 only, elsewhere nothing (returns false). Deep training drives some gradients
+/// into that range, where x86 arithmetic is several times slower; flushed, those
+/// values become zero, which changes results in their last bits at most where they
+/// occur. Threads started afterwards (Kokkos', Eigen's) inherit the setting.
+inline bool flush_subnormals(bool on = true) {
 #if defined(__SSE__) || defined(__x86_64__)
-  _mm_setcsr(_mm_getcsr() | 0x8040);
+  unsigned const bits = 0x8040;  // FTZ (bit 15) and DAZ (bit 6) of MXCSR
+  _mm_setcsr(on ? (_mm_getcsr() | bits) : (_mm_getcsr() & ~bits));
+  return true;
+#else
+  (void)on;
+  return false;
 #endif
+}
+
+/// Whether this thread flushes subnormal numbers to zero.
+inline bool subnormals_flushed() {
+#if defined(__SSE__) || defined(__x86_64__)
+  return (_mm_getcsr() & 0x8040u) == 0x8040u;
+#else
+  return false;
+#endif
+}
+
+/// flush_subnormals(on) on the calling thread and on every host thread of a running
+/// execution space (one work item per thread, statically spread); a device's own
+/// threads are set by how its code is compiled, not here.
+template <class Exec>
+bool flush_subnormals(Exec const& space, bool on = true) {
+  bool const done = flush_subnormals(on);
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    Kokkos::parallel_for("trellis::flush_subnormals",
+                         Kokkos::RangePolicy<Exec, Kokkos::Schedule<Kokkos::Static>>(space, 0, space.concurrency()),
+                         [on](long) { flush_subnormals(on); });
+    space.fence();
+  }
+  return done;
 }
 
 /// How many ranks a launcher (mpirun, mpiexec, srun) started this job with, as its

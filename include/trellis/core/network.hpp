@@ -39,6 +39,7 @@
 #include <trellis/core/structure.hpp>
 #include <trellis/core/weight_tying.hpp>
 #include <trellis/errors.hpp>
+#include <trellis/detail/memory_limits.hpp>
 #include <trellis/detail/views.hpp>
 
 namespace trellis {
@@ -92,6 +93,15 @@ class TrellisNetwork {
     shape_.validate("trellis::TrellisNetwork");
     structure_ops::validate("trellis::TrellisNetwork", shape_);
     int const k = kernels();
+    if constexpr (std::is_same_v<Structure, Dense>) {
+      // Weights (2p + 2q columns), their two gains and the bias, per output row; and the gradients.
+      std::uint64_t const rows = detail::saturating_product({std::uint64_t(k), std::uint64_t(groups),
+                                                             std::uint64_t(shape_.q())});
+      std::uint64_t const columns = 2 * std::uint64_t(shape_.ninp) + 2 * std::uint64_t(shape_.q()) + 3;
+      detail::check_fits<memory_space>("trellis::TrellisNetwork", "its parameters and their gradients (" +
+                                                                      shape_.describe() + ")",
+                                       detail::saturating_product({2, rows, columns, sizeof(Scalar)}));
+    }
     params_ = structure_ops::allocate("trellis::TrellisNetwork::parameters", shape_, k, groups);
     grads_ = structure_ops::allocate("trellis::TrellisNetwork::gradients", shape_, k, groups);
     space.fence();

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <set>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -210,9 +211,44 @@ struct File {
   bool has(std::string const& name) const { return tensors.count(name) > 0; }
 };
 
+/// The longest header read: the format's own reader's limit.
+inline constexpr std::uint64_t max_header_bytes = 100'000'000;
+
 namespace detail {
 [[noreturn]] inline void bad_file(std::string const& path, std::string const& what) {
   throw file_error(path + ": " + what);
+}
+
+/// a b, or an error naming `what` when the product does not fit 64 bits.
+inline std::uint64_t checked_product(std::uint64_t a, std::uint64_t b, std::string const& path,
+                                     std::string const& what) {
+  if (b != 0 && a > ~std::uint64_t(0) / b) bad_file(path, what + " overflows 64 bits");
+  return a * b;
+}
+
+/// The header as JSON; a key twice in one object is an error (the JSON parser would
+/// keep the last silently, and two readers could then see two different files).
+inline nlohmann::json parse_header(std::string const& header, std::string const& path) {
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  auto const on_event = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (event == E::object_start) keys.emplace_back();
+    if (event == E::object_end && !keys.empty()) keys.pop_back();
+    if (event == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(header, on_event);
+  } catch (nlohmann::json::exception const& e) {
+    bad_file(path, std::string("header (bytes 8 to ") + std::to_string(8 + header.size()) +
+                       ") is not valid JSON: " + e.what());
+  }
+  if (!duplicate.empty()) bad_file(path, "header holds the key '" + duplicate + "' twice");
+  return j;
 }
 }  // namespace detail
 
@@ -228,22 +264,25 @@ inline File read(std::string const& path) {
   in.read(reinterpret_cast<char*>(len_bytes), 8);
   std::uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (header_len > max_header_bytes)
+    detail::bad_file(path, "header length " + std::to_string(header_len) + " at offset 0 is over the format's limit of " +
+                               std::to_string(max_header_bytes) + " bytes");
   if (header_len > size - 8)
     detail::bad_file(path, "header length " + std::to_string(header_len) + " at offset 0 runs past the end of the file (" +
                                std::to_string(size) + " bytes)");
   std::string header(header_len, '\0');
   in.read(header.data(), std::streamsize(header_len));
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(header);
-  } catch (nlohmann::json::exception const& e) {
-    detail::bad_file(path, std::string("header (bytes 8 to ") + std::to_string(8 + header_len) +
-                               ") is not valid JSON: " + e.what());
-  }
+  if (!in) detail::bad_file(path, "reading the header (bytes 8 to " + std::to_string(8 + header_len) + ") failed");
+  nlohmann::json const j = detail::parse_header(header, path);
   if (!j.is_object()) detail::bad_file(path, "header is not a JSON object");
   std::uint64_t const data_begin = 8 + header_len, data_size = size - data_begin;
   File file;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  struct Span {
+    std::uint64_t begin, end;
+    std::string name;
+    bool operator<(Span const& o) const { return begin != o.begin ? begin < o.begin : end < o.end; }
+  };
+  std::vector<Span> spans;
   for (auto const& [name, entry] : j.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) detail::bad_file(path, "__metadata__ is not an object");
@@ -267,13 +306,15 @@ inline File read(std::string const& path) {
       if (!e.is_number_integer() || e.get<std::int64_t>() < 0)
         detail::bad_file(path, where + " has a bad shape " + entry["shape"].dump());
       t.shape.push_back(e.get<std::int64_t>());
-      numel *= std::uint64_t(t.shape.back());
+      numel = detail::checked_product(numel, std::uint64_t(t.shape.back()), path,
+                                      where + "'s element count (shape " + entry["shape"].dump() + ")");
     }
     auto const& off = entry["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       detail::bad_file(path, where + " has bad data_offsets " + off.dump());
     std::uint64_t const b = off[0].get<std::uint64_t>(), e = off[1].get<std::uint64_t>();
-    std::uint64_t const expected = numel * dtype_size(t.dtype);
+    std::uint64_t const expected =
+        detail::checked_product(numel, dtype_size(t.dtype), path, where + "'s byte size (shape " + entry["shape"].dump() + ")");
     if (e < b || e - b != expected)
       detail::bad_file(path, where + " spans bytes [" + std::to_string(b) + ", " + std::to_string(e) +
                                  ") of the data but its dtype and shape need " + std::to_string(expected));
@@ -285,13 +326,24 @@ inline File read(std::string const& path) {
     in.seekg(std::streamoff(data_begin + b));
     in.read(reinterpret_cast<char*>(t.data.data()), std::streamsize(expected));
     if (!in) detail::bad_file(path, "reading " + where + " at file offset " + std::to_string(data_begin + b) + " failed");
-    ranges.emplace_back(b, e);
+    spans.push_back({b, e, name});
     file.tensors.emplace(name, std::move(t));
   }
-  std::sort(ranges.begin(), ranges.end());
-  for (std::size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second)
-      detail::bad_file(path, "tensors overlap at data offset " + std::to_string(ranges[i].first));
+  // As the format's own reader: in offset order each tensor starts where the one before
+  // it ended, and the last ends at the end of the file.
+  std::sort(spans.begin(), spans.end());
+  std::uint64_t at = 0;
+  for (auto const& span : spans) {
+    if (span.begin < at)
+      detail::bad_file(path, "tensors overlap at data offset " + std::to_string(span.begin) + " (tensor '" + span.name + "')");
+    if (span.begin > at)
+      detail::bad_file(path, "a gap of " + std::to_string(span.begin - at) + " bytes before tensor '" + span.name +
+                                 "' at data offset " + std::to_string(at) + " (file offset " + std::to_string(data_begin + at) + ")");
+    at = span.end;
+  }
+  if (at != data_size)
+    detail::bad_file(path, std::to_string(data_size - at) + " bytes after the last tensor, from file offset " +
+                               std::to_string(data_begin + at) + ": the data must end where the file ends");
   return file;
 }
 

@@ -26,6 +26,7 @@
 #include <trellis/nn/linear.hpp>
 #include <trellis/nn/mixture_of_softmaxes.hpp>
 #include <trellis/nn/parameter_list.hpp>
+#include <trellis/detail/memory_limits.hpp>
 #include <trellis/detail/views.hpp>
 
 namespace trellis {
@@ -94,7 +95,7 @@ class LanguageModel {
   };
 
   LanguageModel(ExecutionSpace const& space, LanguageModelConfig config, std::uint64_t seed = 1111)
-      : config_((config.validate("trellis::LanguageModel"), std::move(config))),
+      : config_((config.validate("trellis::LanguageModel"), check_memory(config), std::move(config))),
         core_(space, config_.core, seed),
         encoder_("trellis::LanguageModel::encoder", config_.ntoken, config_.core.ninp) {
     auto const& s = config_.core;
@@ -111,6 +112,19 @@ class LanguageModel {
   }
 
   LanguageModelConfig const& config() const { return config_; }
+
+  /// The embedding (tied to the decoder) and the mixture of softmaxes, with their
+  /// gradients, must fit the machine: checked before anything is allocated.
+  static void check_memory(LanguageModelConfig const& c) {
+    auto const p = std::uint64_t(c.core.ninp), nout = std::uint64_t(c.core.nout), m = std::uint64_t(c.n_experts);
+    std::uint64_t const embedding = detail::saturating_product({std::uint64_t(c.ntoken), p + 1});
+    std::uint64_t const mixture = detail::saturating_product({nout + 1, m * (p + 1)});
+    detail::check_fits<memory_space>(
+        "trellis::LanguageModel",
+        "its embedding of " + std::to_string(c.ntoken) + " x " + std::to_string(c.core.ninp) +
+            " and its gradient",
+        detail::saturating_product({2, detail::saturating_sum(embedding, mixture), sizeof(Scalar)}));
+  }
   core_type& core() { return core_; }
   core_type const& core() const { return core_; }
   Embedding<ExecutionSpace, Scalar>& encoder() { return encoder_; }

@@ -97,11 +97,12 @@ class ClassifierTask {
     auto const masks = model_.draw_masks(long(x.extent(0)), shard_.count, key.offset(shard_.first));
     StageFinal on_stage_final;
     if (reducer_.active()) on_stage_final = [&](int stage) { reducer_.stage_final(space_, stage); };
-    auto const r = optimizer_step(
+    auto const step = optimizer_step(
         space_, model_, optimizer_, options_.clip,
         [&] { return model_.train_step(space_, x, labels, masks, on_stage_final); },
         [&] { reducer_.finish(space_); });
-    return StepResult{r.total, r.nll_sum, r.count, r.correct};
+    auto const& r = step.result;
+    return StepResult{r.total, r.nll_sum, r.count, r.correct, step.non_finite};
   }
 
   /// Accuracy on a split ("train", "valid", "test"); its first `limit` images when limit > 0.

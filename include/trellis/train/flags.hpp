@@ -80,6 +80,7 @@ inline FlagTables const& flag_tables() {
           {"checkpoint-minutes", "training minutes between checkpoints"},
           {"max-steps", "stop after this many steps (0: no limit)"},
           {"log-every", "steps per row of curves.csv"},
+          {"max-skipped-steps", "a step whose gradients are not finite is skipped; after this many in a row the run stops, its last checkpoint kept"},
       }};
   return tables;
 }
@@ -147,7 +148,8 @@ inline long positive(Flags const& f, std::string const& name) {
 inline Flags resolve(Flags defaults, std::map<std::string, std::string> const* checkpoint,
                      std::string const& checkpoint_path, Flags const& given, bool must_match) {
   static std::set<std::string> const run_control{"max-steps", "eval-minutes", "checkpoint-minutes",
-                                                 "log-every", "valid-tokens", "eval-batch-size"};
+                                                 "log-every", "valid-tokens", "eval-batch-size",
+                                                 "max-skipped-steps"};
   if (checkpoint)
     for (auto& [k, v] : defaults) {
       auto it = checkpoint->find("flag." + k);
@@ -264,6 +266,7 @@ inline TrainerOptions trainer_options(Flags const& f, double max_seconds) {
   o.eval_every_seconds = number(f, "eval-minutes") * 60;
   o.checkpoint_every_seconds = number(f, "checkpoint-minutes") * 60;
   o.log_every = positive(f, "log-every");
+  if (f.count("max-skipped-steps")) o.max_skipped_steps = positive(f, "max-skipped-steps");
   o.seed = std::uint64_t(integer(f, "seed"));
   auto const when = list(f, "when");
   long const patience = integer(f, "plateau-patience");

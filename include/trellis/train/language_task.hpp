@@ -100,11 +100,12 @@ class LanguageTask {
     auto const masks = model_.draw_masks(shard_.count, key.offset(shard_.first));
     StageFinal on_stage_final;
     if (reducer_.active()) on_stage_final = [&](int stage) { reducer_.stage_final(space_, stage); };
-    auto const r = optimizer_step(
+    auto const step = optimizer_step(
         space_, model_, optimizer_, options_.clip,
         [&] { return model_.train_step(space_, tokens, targets, seg.scored_from, state_, masks, on_stage_final); },
         [&] { reducer_.finish(space_); });
-    return StepResult{r.total, r.nll_sum, r.count, 0};
+    auto const& r = step.result;
+    return StepResult{r.total, r.nll_sum, r.count, 0, step.non_finite};
   }
 
   /// The metric over a split ("train", "valid", "test"); its first `limit` tokens when limit > 0.

@@ -20,20 +20,43 @@
 
 namespace trellis {
 
-/// Scales every gradient by clip / (norm + 1e-6) when their global 2-norm exceeds
-/// clip; returns the norm before clipping (as PyTorch does). clip <= 0: only the norm.
+/// The global 2-norm of every gradient.
 template <class Exec, class MemorySpace, class Scalar>
-double clip_grad_norm(Exec const& space, ParameterList<MemorySpace, Scalar> const& params, double clip) {
+double gradient_norm(Exec const& space, ParameterList<MemorySpace, Scalar> const& params) {
   double total = 0;
   for (auto const& p : params) {
     auto const g = p.grad;
     double s = 0;
     Kokkos::parallel_reduce(
-        "trellis::clip_grad_norm", Kokkos::RangePolicy<Exec>(space, 0, long(g.extent(0))),
+        "trellis::gradient_norm", Kokkos::RangePolicy<Exec>(space, 0, long(g.extent(0))),
         KOKKOS_LAMBDA(long i, double& acc) { acc += double(g(i)) * double(g(i)); }, s);
     total += s;
   }
-  double const norm = std::sqrt(total);
+  return std::sqrt(total);
+}
+
+/// The name of the first parameter whose gradient holds a NaN or an infinity; "" when
+/// every gradient is finite.
+template <class Exec, class MemorySpace, class Scalar>
+std::string first_non_finite_gradient(Exec const& space, ParameterList<MemorySpace, Scalar> const& params) {
+  for (auto const& p : params) {
+    auto const g = p.grad;
+    long bad = 0;
+    // x - x is 0 for every finite x and NaN for NaN and the infinities.
+    Kokkos::parallel_reduce(
+        "trellis::first_non_finite_gradient", Kokkos::RangePolicy<Exec>(space, 0, long(g.extent(0))),
+        KOKKOS_LAMBDA(long i, long& n) { n += g(i) - g(i) != Scalar(0) ? 1 : 0; }, bad);
+    if (bad > 0) return p.name;
+  }
+  return "";
+}
+
+/// Scales every gradient by clip / (norm + 1e-6) when their global 2-norm exceeds
+/// clip; returns the norm before clipping (as PyTorch does). clip <= 0: only the norm.
+template <class Exec, class MemorySpace, class Scalar>
+double clip_grad_norm(Exec const& space, ParameterList<MemorySpace, Scalar> const& params, double clip,
+                      double norm = -1) {
+  if (norm < 0) norm = gradient_norm(space, params);
   if (clip > 0) {
     double const coef = clip / (norm + 1e-6);
     if (coef < 1) {
@@ -155,19 +178,38 @@ class Optimizer {
   long steps_ = 0;
 };
 
+/// What optimizer_step did: the step's result and, when it skipped the update, why.
+template <class Result>
+struct GuardedStep {
+  Result result;
+  /// Empty: the optimiser stepped. Otherwise the update was skipped (parameters and
+  /// optimiser state unchanged) because the gradients were not finite: the first
+  /// parameter whose gradient held a NaN or an infinity.
+  std::string non_finite;
+};
+
 /// One update of a model: zero its gradients, run `loss_and_gradients` (a model's
 /// train_step, which accumulates them), run `complete_gradients` (data-parallel
 /// training sums them over the ranks there), clip their global norm, step the
-/// optimiser. Returns what `loss_and_gradients` returned.
+/// optimiser. A gradient that is not finite skips the update: the decision rests on
+/// the completed gradients, so every rank of a group makes the same one.
 template <class Exec, class Model, class Scalar, class F, class G>
 auto optimizer_step(Exec const& space, Model& model, Optimizer<Exec, Scalar>& optimizer, double clip,
                     F&& loss_and_gradients, G&& complete_gradients) {
   model.zero_gradients(space);
-  auto const result = loss_and_gradients();
+  GuardedStep<decltype(loss_and_gradients())> out{loss_and_gradients(), {}};
   complete_gradients();
-  clip_grad_norm(space, optimizer.parameters(), clip);
+  auto const& params = optimizer.parameters();
+  double const norm = gradient_norm(space, params);
+  if (!std::isfinite(norm)) {
+    out.non_finite = first_non_finite_gradient(space, params);
+    // Every gradient finite and their squares' sum not: name the sum.
+    if (out.non_finite.empty()) out.non_finite = "the gradients' norm (finite gradients whose squares overflow)";
+    return out;
+  }
+  clip_grad_norm(space, params, clip, norm);
   optimizer.step(space);
-  return result;
+  return out;
 }
 
 template <class Exec, class Model, class Scalar, class F>

@@ -5,9 +5,11 @@
 // checkpoint's path. The trellis program's run directories are these.
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -66,7 +68,9 @@ class RunDirectory {
   }
 
   /// The rows of an earlier session of this run (resuming).
-  void load_curves() {
+  /// Rows after step `up_to_step` (the checkpoint's) are dropped: they belong to steps
+  /// the run lost and does again, so that no step has two rows.
+  void load_curves(long up_to_step = std::numeric_limits<long>::max()) {
     std::ifstream in(path("curves.csv"));
     std::string line;
     bool header = true;
@@ -75,7 +79,9 @@ class RunDirectory {
         header = false;
         continue;
       }
-      if (!line.empty()) curve_rows_.push_back(line);
+      if (line.empty()) continue;
+      long const step = std::strtol(line.c_str(), nullptr, 10);
+      if (step <= up_to_step) curve_rows_.push_back(line);
     }
   }
 

@@ -56,6 +56,9 @@ struct TrainerOptions {
   double eval_every_seconds = std::numeric_limits<double>::infinity();        ///< quick validations
   double checkpoint_every_seconds = std::numeric_limits<double>::infinity();  ///< with a checkpoint_path
   long log_every = 50;            ///< steps per curve row
+  /// Steps skipped in a row for non-finite gradients (parameters and optimiser state
+  /// unchanged) before the run stops with an error, its last checkpoint kept.
+  long max_skipped_steps = 10;
   LrSchedule schedule;            ///< by epoch, or on plateau of the validation metric
   std::uint64_t seed = 1111;      ///< the key of the dropout masks
   std::string checkpoint_path;    ///< where checkpoints go (empty: none)
@@ -133,6 +136,8 @@ class Trainer {
     if (!(options_.max_seconds > 0)) detail::fail(call, ": max_seconds ", options_.max_seconds, " must be positive");
     if (options_.max_steps < 0) detail::fail(call, ": max_steps ", options_.max_steps, " is negative");
     if (options_.log_every < 1) detail::fail(call, ": log_every ", options_.log_every, " must be at least 1");
+    if (options_.max_skipped_steps < 1)
+      detail::fail(call, ": max_skipped_steps ", options_.max_skipped_steps, " must be at least 1");
     if (task_.batches_per_epoch() < 1) detail::fail(call, ": the task has no training batch in an epoch");
   }
 
@@ -233,6 +238,7 @@ class Trainer {
     TrainerSummary summary;
     double since_eval = 0, since_ckpt = 0;
     double throughput = 0;
+    long skipped_in_a_row = 0;
     window_ = StepResult{};
     window_steps_ = 0;
     while (summary.session_seconds < budget && (max_steps == 0 || step_ < max_steps)) {
@@ -247,6 +253,30 @@ class Trainer {
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       bool stop = callbacks_.stop_requested && callbacks_.stop_requested();
       group_step(r, dt, stop);
+      if (!r.non_finite.empty()) {
+        // The batch is used up, the update was not made; no curve row, no checkpoint.
+        ++step_;
+        ++batch_in_epoch_;
+        ++summary.steps;
+        trained_seconds_ += dt;
+        summary.session_seconds += dt;
+        since_eval += dt;
+        ++skipped_in_a_row;
+        say("step ", step_, " skipped: the gradient of ", r.non_finite, " is not finite (loss ", r.loss,
+            "); parameters and optimiser state unchanged");
+        if (skipped_in_a_row >= options_.max_skipped_steps) {
+          say("stopping: ", skipped_in_a_row, " steps in a row skipped; the last checkpoint is kept");
+          detail::fail("trellis::Trainer::run: ", skipped_in_a_row, " steps in a row (to step ", step_,
+                       ") had non-finite gradients, the last in ", r.non_finite,
+                       "; stopped with the last checkpoint kept (lower the learning rate, or check the data)");
+        }
+        if (stop) {
+          summary.stopped = true;
+          break;
+        }
+        continue;
+      }
+      skipped_in_a_row = 0;
       if (!std::isfinite(r.loss)) {
         say("the loss is ", r.loss, " at step ", step_ + 1, "; stopping (lower the learning rate or clip the gradients)");
         detail::fail("trellis::Trainer::run: the loss diverged at step ", step_ + 1);
@@ -338,7 +368,7 @@ class Trainer {
     comm_.sum(v, 6, Element::f64);
     comm_.broadcast(v, 6, Element::f64, 0);
     double const P = double(comm_.size());
-    r = StepResult{v[0] / P, v[1], long(v[2]), long(v[3])};
+    r = StepResult{v[0] / P, v[1], long(v[2]), long(v[3]), r.non_finite};  // the same on every rank
     dt = v[4] / P;
     stop = v[5] > 0;
   }
