@@ -133,3 +133,17 @@ TEST_CASE_TEMPLATE_DEFINE("sizes past the machine's memory fail before allocatin
 }
 
 TEST_CASE_TEMPLATE_APPLY(memory_limits, trellis::test::Backends);
+
+// Found while fuzzing the flags: the JSON library casts 1e20 or 2.5 to int. A file's
+// metadata takes the same path.
+TEST_CASE("a dilation list in a file's metadata holds integers that fit an int") {
+  std::map<std::string, std::string> meta{{"ninp", "2"},   {"nhid", "3"},          {"nout", "2"},
+                                          {"nlevels", "2"}, {"aux_frequency", "0"}, {"wnorm", "true"}};
+  for (char const* bad : {"[1e20]", "[2.5]", "[4294967297]", "[\"1\"]", "{}", "[1,"}) {
+    meta["dilation"] = bad;
+    CHECK_THROWS_WITH_AS(trellis::read_shape_metadata(meta, "m.safetensors"),
+                         doctest::Contains("metadata 'dilation' is"), trellis::file_error);
+  }
+  meta["dilation"] = "[1, 2, 4]";
+  CHECK(trellis::read_shape_metadata(meta, "m.safetensors").dilation == std::vector<int>{1, 2, 4});
+}

@@ -496,7 +496,15 @@ TEST_CASE("flags: the reference's names to task and trainer options, errors nami
   CHECK(lm_error("dropout", "1.5") == "--dropout 1.5: not in [0, 1)");
   CHECK(lm_error("batch-size", "0") == "--batch-size 0: must be at least 1");
   CHECK(lm_error("init-std", "0") == "--init-std 0: must be positive");
-  CHECK(lm_error("dilation", "[1,") == "--dilation [1,: expected a list such as [1,2,4]");
+  CHECK(lm_error("dilation", "[1,") == "--dilation [1,: expected a list of integers such as [1,2,4]");
+  // Found by fuzz_flags: a double past long's range was cast to long (undefined).
+  CHECK(lm_error("nhid", "1e308") == "--nhid 1e308: out of range (at most 2147483647 in magnitude)");
+  CHECK(lm_error("ninp", "4294967304") == "--ninp 4294967304: out of range (at most 2147483647 in magnitude)");
+  // The JSON library would cast these to int.
+  CHECK(lm_error("dilation", "[1e20]") == "--dilation [1e20]: expected a list of integers such as [1,2,4]");
+  CHECK(lm_error("dilation", "[2.5]") == "--dilation [2.5]: expected a list of integers such as [1,2,4]");
+  CHECK(lm_error("dilation", "[4294967297]") ==
+        "--dilation [4294967297]: expected a list of integers such as [1,2,4]");
   CHECK(lm_error("wnorm", "maybe") == "--wnorm maybe: expected true or false");
   CHECK(lm_error("optim", "lbfgs") == "--optim lbfgs: expected adam, adamw or sgd");
   CHECK(error_of<trellis::invalid_argument>([&] { (void)trainer_options(with("anneal", "1.5"), 60); }) ==

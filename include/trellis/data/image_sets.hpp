@@ -108,6 +108,8 @@ inline std::vector<float> read_digit_file(std::string const& path, std::size_t m
     doc = nlohmann::json::parse(text);
   } catch (nlohmann::json::parse_error const& e) {
     fail_data(path, ": invalid JSON at byte ", e.byte, ": ", e.what());
+  } catch (nlohmann::json::exception const& e) {  // a number past double's range, ...
+    fail_data(path, ": invalid JSON: ", e.what());
   }
   if (!doc.is_object() || !doc.contains("data") || !doc["data"].is_array())
     fail_data(path, ": expected an object {\"data\": [...]} holding an array");

@@ -18,6 +18,7 @@
 
 #include <trellis/core/shape.hpp>
 #include <trellis/core/weight_tying.hpp>
+#include <trellis/detail/int_list.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/io/safetensors.hpp>
 #include <trellis/io/tensor_io.hpp>
@@ -170,12 +171,9 @@ inline TrellisShape read_shape_metadata(std::map<std::string, std::string> const
   s.aux_frequency = metadata_int(meta, path, "aux_frequency");
   auto const d = meta.find("dilation");
   if (d == meta.end()) throw file_error(path + ": metadata has no 'dilation'");
-  try {
-    auto const j = nlohmann::json::parse(d->second);
-    s.dilation = j.get<std::vector<int>>();
-  } catch (std::exception const&) {
-    throw file_error(path + ": metadata 'dilation' is \"" + d->second + "\", not a JSON list of integers");
-  }
+  auto const dilation = detail::parse_int_list(d->second);
+  if (!dilation) throw file_error(path + ": metadata 'dilation' is \"" + d->second + "\", not a JSON list of integers");
+  s.dilation = *dilation;
   auto const w = meta.find("wnorm");
   if (w == meta.end() || (w->second != "true" && w->second != "false"))
     throw file_error(path + ": metadata 'wnorm' must be \"true\" or \"false\"");

@@ -93,7 +93,10 @@ class ClassifierTask {
   StepResult step(long batch_index, DropoutKey const& key) {
     auto const first = order_.begin() + batch_index * options_.batch_size + shard_.first;
     std::vector<long> idx(first, first + shard_.count);
-    auto const [x, labels] = gather(splits_.train, idx);
+    // Not a structured binding: clang before 16 cannot capture one in the lambda below.
+    auto const batch = gather(splits_.train, idx);
+    auto const& x = batch.first;
+    auto const& labels = batch.second;
     auto const masks = model_.draw_masks(long(x.extent(0)), shard_.count, key.offset(shard_.first));
     StageFinal on_stage_final;
     if (reducer_.active()) on_stage_final = [&](int stage) { reducer_.stage_final(space_, stage); };

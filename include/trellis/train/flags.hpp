@@ -5,6 +5,7 @@
 // one's own that takes the same flags (from a file, an argument list) can be too.
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 
 #include <trellis/blas/gemm.hpp>
 #include <trellis/core/shape.hpp>
+#include <trellis/detail/int_list.hpp>
 #include <trellis/errors.hpp>
 #include <trellis/train/classifier_task.hpp>
 #include <trellis/train/language_task.hpp>
@@ -106,18 +108,20 @@ inline double number(Flags const& f, std::string const& name) {
   }
 }
 
+/// An integer that fits an int (every integer flag is a count, a size or a seed that does).
 inline long integer(Flags const& f, std::string const& name) {
   double const x = number(f, name);
   if (x != std::floor(x)) throw invalid_argument("--" + name + " " + f.at(name) + ": not an integer");
+  if (!(std::abs(x) <= double(std::numeric_limits<int>::max())))
+    throw invalid_argument("--" + name + " " + f.at(name) + ": out of range (at most " +
+                           std::to_string(std::numeric_limits<int>::max()) + " in magnitude)");
   return long(x);
 }
 
 inline std::vector<int> list(Flags const& f, std::string const& name) {
-  try {
-    return nlohmann::json::parse(f.at(name)).get<std::vector<int>>();
-  } catch (std::exception const&) {
-    throw invalid_argument("--" + name + " " + f.at(name) + ": expected a list such as [1,2,4]");
-  }
+  auto const v = trellis::detail::parse_int_list(f.at(name));
+  if (!v) throw invalid_argument("--" + name + " " + f.at(name) + ": expected a list of integers such as [1,2,4]");
+  return *v;
 }
 
 inline bool boolean(Flags const& f, std::string const& name) {

@@ -95,7 +95,10 @@ class LanguageTask {
   /// combines the ranks').
   StepResult step(long batch_index, DropoutKey const& key) {
     auto const& seg = train_segments_[std::size_t(batch_index)];
-    auto const [tokens, targets] = segment(train_, seg, shard_.count);
+    // Not a structured binding: clang before 16 cannot capture one in the lambda below.
+    auto const batch = segment(train_, seg, shard_.count);
+    auto const& tokens = batch.first;
+    auto const& targets = batch.second;
     if (seg.reset_state) reset(state_);
     auto const masks = model_.draw_masks(shard_.count, key.offset(shard_.first));
     StageFinal on_stage_final;
