@@ -8,15 +8,8 @@ set -uo pipefail
 cli=$1
 shift
 mpiexec=("$@")
-work=$(mktemp -d "${TMPDIR:-/tmp}/trellis-mpi-cli.XXXXXX")
-trap '[ $failures -eq 0 ] && rm -rf "$work"' EXIT
-failures=0
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
-
-source "$(dirname "$0")/sotu_fixture.sh"
+source "$(dirname "$0")/shell_test.sh"
+start_test mpi-cli
 make_sotu "$work/data"
 
 lm=(--task charlm --data sotu --data-dir "$work/data" --backend serial --threads 1 --precision fp64
@@ -143,8 +136,4 @@ timeout 120 "${mpiexec[@]}" "$cli" train "${lm[@]}" --run-dir "$work/signalled" 
   >"$work/signalled2.out" 2>"$work/signalled2.err" || fail "after SIGTERM, 2 ranks do not resume: $(tail -3 "$work/signalled2.err")"
 echo "SIGTERM to the ranks: mpirun status $status, stopped at step $stopped, resumed"
 
-if [ $failures -gt 0 ]; then
-  echo "$failures failure(s)" >&2
-  exit 1
-fi
-echo "all passed"
+finish_test

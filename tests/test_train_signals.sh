@@ -5,14 +5,8 @@
 #   test_train_signals.sh TRELLIS
 set -uo pipefail
 cli=$1
-work=$(mktemp -d "${TMPDIR:-/tmp}/trellis-signals.XXXXXX")
-failures=0
-trap '[ $failures -eq 0 ] && rm -rf "$work"' EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
-source "$(dirname "$0")/sotu_fixture.sh"
+source "$(dirname "$0")/shell_test.sh"
+start_test signals
 make_sotu "$work/data"
 lm=(--task charlm --data sotu --data-dir "$work/data" --backend serial --threads 1 --ninp 8 --nhid 8 --nout 8
     --nlevels 3 --batch-size 4 --seq-len 16 --eval-batch-size 4 --log-every 7 --checkpoint-minutes 1000
@@ -44,8 +38,4 @@ for sig in TERM INT; do
   echo "SIG$sig: status $status, stopped at step $step, resumed"
 done
 
-if [ $failures -gt 0 ]; then
-  echo "$failures failure(s)" >&2
-  exit 1
-fi
-echo "all passed"
+finish_test
