@@ -278,6 +278,9 @@ TEST_CASE_TEMPLATE_DEFINE("a stream names the call and the shape it was given", 
   using Net = decltype(net);
   CHECK_THROWS_WITH_AS(trellis::TrellisStream<Net>(space, net, 0), doctest::Contains("streams is 0"),
                        std::invalid_argument);
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
+    CHECK_THROWS_WITH_AS(trellis::TrellisStream<Net>(space, net, 1L << 50),
+                         doctest::Contains("the state of 1125899906842624 streams need"), std::invalid_argument);
   typename Net::state_view wrong("h0", 2, shape.q() + 1);
   CHECK_THROWS_WITH_AS(trellis::TrellisStream<Net>(space, net, 2, wrong),
                        doctest::Contains("trellis::TrellisStream: h0 is (2, 8), expected (2, 7)"),

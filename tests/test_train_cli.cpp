@@ -368,6 +368,11 @@ TEST_CASE("trellis generate: text from a charlm and a wordlm checkpoint, the sam
   CHECK(contains(top_p.err, "top-p is 1.5"));
   CHECK(contains(gen(" --prompt 'the' --tokens 5 --temperature -1").err, "temperature is -1"));
   CHECK(contains(gen(" --prompt 'the' --tokens 5 --streams 0").err, "streams is 0"));
+  // More streams than the machine can hold: an error with the size, before allocating.
+  auto const many = gen(" --prompt 'the' --tokens 5 --streams 1000000000000");
+  CHECK(many.status == 1);
+  CHECK(contains(many.err, "trellis::TrellisStream: the state of 1000000000000 streams need"));
+  CHECK(contains(many.err, "more than the"));
 
   auto const fashion = make_fashion(5040, 30);
   auto const classifier = root() / "run-generate-classifier";

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -29,6 +30,7 @@
 #include <trellis/core/detail/stream_kernels.hpp>
 #include <trellis/core/network.hpp>
 #include <trellis/detail/kernel_shape.hpp>
+#include <trellis/detail/memory_limits.hpp>
 #include <trellis/detail/views.hpp>
 #include <trellis/errors.hpp>
 
@@ -56,6 +58,18 @@ class TrellisStream {
     char const* call = "trellis::TrellisStream";
     if (streams < 1) detail::fail(call, ": streams is ", streams, ", need at least 1");
     long const q = shape_.q(), p = shape_.ninp, G = Network::groups;
+    {
+      // Per stream: rings of z and c, the inputs, the injection per slot, the history,
+      // gates and cell, h0 and c0; checked before anything is allocated.
+      std::uint64_t rows = 0;
+      for (int level = 0; level < shape_.nlevels; ++level) rows += std::uint64_t(shape_.dilation_of(level));
+      std::uint64_t const per_stream =
+          2 * rows * std::uint64_t(q) + std::uint64_t(shape_.max_dilation()) * std::uint64_t(p) +
+          std::uint64_t(shape_.nlevels) * std::uint64_t(G * q + 2 * p) + std::uint64_t(8 * q + 2 * G * q);
+      detail::check_fits<memory_space>(call, "the state of " + std::to_string(streams) + " streams",
+                                       detail::saturating_product({std::uint64_t(streams), per_stream,
+                                                                   sizeof(scalar_type)}));
+    }
     auto alloc = [&](char const* name) { return detail::uninitialized(space, "trellis::TrellisStream::", name); };
     h0_ = matrix(alloc("h0"), N_, q);
     c0_ = matrix(alloc("c0"), N_, q);

@@ -118,7 +118,7 @@ GeneratedText generate_text(Exec const& space, safetensors::File const& file, st
   }
   auto const tying = file.metadata.find("weight_tying");
   bool const untied = tying != file.metadata.end() && tying->second == Untied::name;
-  std::vector<std::vector<std::int32_t>> drawn(std::size_t(o.streams));
+  std::vector<std::vector<std::int32_t>> drawn;
   with_weight_tying(untied, [&](auto t) {
     using Model = LanguageModel<Exec, Scalar, decltype(t)>;
     Model lm(space, read_language_model_config(file, path));
@@ -126,7 +126,8 @@ GeneratedText generate_text(Exec const& space, safetensors::File const& file, st
     read_language_model(file, path, lm, {"optim.", "progress", "rng", "step", "trainer.", "state."});
     auto const start = std::chrono::steady_clock::now();
     long const N = o.streams, T = long(prompt.size()), V = lm.config().ntoken;
-    LanguageModelStream<Model> stream(space, lm, N);
+    LanguageModelStream<Model> stream(space, lm, N);  // checks the streams' size before allocating
+    drawn.assign(std::size_t(N), {});
     Kokkos::View<std::int32_t**, Kokkos::LayoutRight, typename Model::memory_space> tokens("trellis::generate_text::prompt", T, N);
     auto host_tokens = Kokkos::create_mirror_view(tokens);
     for (long i = 0; i < T; ++i)
