@@ -253,14 +253,19 @@ class Trainer {
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       bool stop = callbacks_.stop_requested && callbacks_.stop_requested();
       group_step(r, dt, stop);
-      if (!r.non_finite.empty()) {
+      bool const skipped = !r.non_finite.empty();
+      if (!skipped && !std::isfinite(r.loss)) {
+        say("the loss is ", r.loss, " at step ", step_ + 1, "; stopping (lower the learning rate or clip the gradients)");
+        detail::fail("trellis::Trainer::run: the loss diverged at step ", step_ + 1);
+      }
+      ++step_;
+      ++batch_in_epoch_;
+      ++summary.steps;
+      trained_seconds_ += dt;
+      summary.session_seconds += dt;
+      since_eval += dt;
+      if (skipped) {
         // The batch is used up, the update was not made; no curve row, no checkpoint.
-        ++step_;
-        ++batch_in_epoch_;
-        ++summary.steps;
-        trained_seconds_ += dt;
-        summary.session_seconds += dt;
-        since_eval += dt;
         ++skipped_in_a_row;
         say("step ", step_, " skipped: the gradient of ", r.non_finite, " is not finite (loss ", r.loss,
             "); parameters and optimiser state unchanged");
@@ -277,16 +282,6 @@ class Trainer {
         continue;
       }
       skipped_in_a_row = 0;
-      if (!std::isfinite(r.loss)) {
-        say("the loss is ", r.loss, " at step ", step_ + 1, "; stopping (lower the learning rate or clip the gradients)");
-        detail::fail("trellis::Trainer::run: the loss diverged at step ", step_ + 1);
-      }
-      ++step_;
-      ++batch_in_epoch_;
-      ++summary.steps;
-      trained_seconds_ += dt;
-      summary.session_seconds += dt;
-      since_eval += dt;
       since_ckpt += dt;
       window_ += r;
       ++window_steps_;
