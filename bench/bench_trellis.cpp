@@ -9,12 +9,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <trellis/trellis.hpp>
 
+#include "fma_peak.hpp"
 #include "memory_meter.hpp"
 
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -143,6 +145,24 @@ struct GemmCeiling {
       trellis::blas::gemm(space, Op::none, Op::none, 1.0f, U, W1, 0.0f, dX, mode);
     }
   }
+  /// The multiply-adds of forward (and backward) above, times 2: the products the step
+  /// computes, level 1's skipped rows and the first level's unused dS included as run.
+  double flops(bool train) const {
+    double f = 0;
+    for (int s = 0; s < slots; ++s) f += 2.0 * R * 2 * p * G * q;
+    for (int l = 0; l < levels; ++l) {
+      long const n = l == 0 ? first_rows : R;
+      f += 2.0 * n * width * G * q;
+      if (folded && n < R) f += 2.0 * (R - n) * (width - 2 * q) * G * q;
+      if (train) {
+        f += 2.0 * G * q * width * n + 2.0 * n * 2 * q * G * q;
+        if (folded && n < R) f += 2.0 * G * q * (width - 2 * q) * (R - n);
+      }
+    }
+    if (train)
+      for (int s = 0; s < slots; ++s) f += 2 * (2.0 * G * q * 2 * p * R);
+    return f;
+  }
   /// Median seconds of one level's GEMMs alone (forward, and backward when training).
   double level_time(Exec const& space, bool train, int reps) const {
     using trellis::blas::Op;
@@ -230,14 +250,16 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
   GemmCeiling ceiling(c, net.injection_slots(), mode, folded);
   double const gemm_s = ceiling.time(space, train, 3);
   double const level_gemm_s = ceiling.level_time(space, train, 5);
-  // The model's products (the folded GEMMs' extra bias column is not counted).
-  double const flops_fwd = 16.0 * N * L * q * q * c.nlevels +
-                           2.0 * N * L * 2 * s.ninp * 4 * q * (folded ? c.nlevels : net.injection_slots());
+  // The products the step's GEMMs compute (level 1 takes only the rows its padding
+  // reaches; a folded injection's bias column and padding count).
+  double const flops = ceiling.flops(train);
   state.counters["injection_folded"] = folded ? 1 : 0;
-  double const flops = train ? 3 * flops_fwd : flops_fwd;
   state.counters["tokens/s"] = benchmark::Counter(double(N * L), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["gemm_ms"] = gemm_s * 1e3;
+  // The bare GEMMs' rate against the host's FP32 FMA peak (bench_main's context).
+  if (double const peak = trellis_bench::host_peak_gflops(); peak > 0)
+    state.counters["gemm_peak_share"] = flops / gemm_s / 1e9 / peak;
   double const median_s = times[times.size() / 2];
   state.counters["ratio_to_gemm"] = median_s / gemm_s;
   // One level: the step's time per level against that level's bare GEMM(s).
@@ -250,15 +272,27 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
 void run_level_gemm(benchmark::State& state, Config const& c, trellis::blas::MathMode mode) {
   Exec space;
   GemmCeiling g(c, 1, mode);
+  std::vector<double> times;
   for (auto _ : state) {
     space.fence();
     auto t0 = std::chrono::steady_clock::now();
     trellis::blas::gemm(space, trellis::blas::Op::none, trellis::blas::Op::transpose, 1.0f, g.S, g.W, 0.0f, g.A, mode);
     space.fence();
-    state.SetIterationTime(seconds_since(t0));
+    times.push_back(seconds_since(t0));
+    state.SetIterationTime(times.back());
   }
-  double const flops = 2.0 * g.R * 2 * g.q * 4 * g.q;
+  std::sort(times.begin(), times.end());
+  double const flops = 2.0 * g.R * g.width * 4 * g.q;
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  if (double const peak = trellis_bench::host_peak_gflops(); peak > 0)
+    state.counters["peak_share"] = flops / times[times.size() / 2] / 1e9 / peak;
+}
+
+/// Repetitions of each benchmark: the configuration's, or TRELLIS_BENCH_REPETITIONS
+/// (Google Benchmark's own flag does not override a count set in code).
+int repetitions(Config const& c) {
+  if (char const* v = std::getenv("TRELLIS_BENCH_REPETITIONS"); v && std::atoi(v) > 0) return std::atoi(v);
+  return c.repetitions;
 }
 
 }  // namespace
@@ -269,11 +303,13 @@ void register_trellis_benchmarks() {
     if (gpu ? !c.gpu : !c.cpu) continue;
     std::vector<std::pair<std::string, trellis::blas::MathMode>> modes{{"", trellis::blas::MathMode::strict}};
     if (gpu) modes = {{"/tf32", trellis::blas::MathMode::tf32}, {"/fp32", trellis::blas::MathMode::strict}};
-    // bf16 products on AMX tiles, where the CPU has them: the CPU's counterpart of TF32.
-    if (!gpu && trellis::blas::bf16_tiles_available()) modes.push_back({"/bf16", trellis::blas::MathMode::bf16});
+    // bf16 products (AMX tiles, or AVX512-BF16 through oneDNN) where the CPU has them:
+    // the CPU's counterpart of TF32.
+    if (!gpu && trellis::blas::bf16_products_available()) modes.push_back({"/bf16", trellis::blas::MathMode::bf16});
     for (auto const& [suffix, mode] : modes) {
       auto configure = [&](benchmark::internal::Benchmark* b) {
-        b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(c.repetitions)->ReportAggregatesOnly(true);
+        int const reps = repetitions(c);
+        b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(reps)->ReportAggregatesOnly(true);
         if (c.repetitions <= 3) b->Iterations(1);
       };
       configure(benchmark::RegisterBenchmark((std::string("forward/") + c.name + suffix).c_str(),

@@ -13,28 +13,35 @@ namespace {
 using trellis::blas::Op;
 using namespace trellis::test;
 
+/// gemm and naive_gemm against a host loop in double; with `pad`, A, B and C are the
+/// first columns of wider matrices (ld > cols).
 template <class Exec, class Scalar>
-void check_gemm(Op op_a, Op op_b, long m, long n, long k, double alpha, double beta) {
+void check_gemm(Op op_a, Op op_b, long m, long n, long k, double alpha, double beta, long pad = 0) {
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(pad);
   Exec space;
   std::mt19937_64 rng(m * 131 + n * 17 + k);
   bool const ta = op_a == Op::transpose, tb = op_b == Op::transpose;
   using Matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename Exec::memory_space>;
-  Matrix A("A", ta ? k : m, ta ? m : k), B("B", tb ? n : k, tb ? k : n), C("C", m, n),
-      Cref("Cref", m, n);
+  long const ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+  Matrix A("A", ar, ac + pad), B("B", br, bc + pad), C("C", m, n + pad), Cref("Cref", m, n + pad);
   auto a = random_vector(A.span(), rng), b = random_vector(B.span(), rng), c = random_vector(C.span(), rng);
   from_host(A, a);
   from_host(B, b);
   from_host(C, c);
   from_host(Cref, c);
-  trellis::blas::gemm(space, op_a, op_b, Scalar(alpha), A, B, Scalar(beta), C);
-  trellis::blas::naive_gemm(space, op_a, op_b, Scalar(alpha), A, B, Scalar(beta), Cref);
-  std::vector<double> want(m * n);
+  auto cols = [](Matrix const& x, long w) { return Kokkos::subview(x, Kokkos::ALL, std::make_pair(0L, w)); };
+  trellis::blas::gemm(space, op_a, op_b, Scalar(alpha), cols(A, ac), cols(B, bc), Scalar(beta), cols(C, n));
+  trellis::blas::naive_gemm(space, op_a, op_b, Scalar(alpha), cols(A, ac), cols(B, bc), Scalar(beta), cols(Cref, n));
+  std::vector<double> want(c.begin(), c.end());
   for (long i = 0; i < m; ++i)
     for (long j = 0; j < n; ++j) {
       double s = 0;
       for (long l = 0; l < k; ++l)
-        s += (ta ? a[l * m + i] : a[i * k + l]) * (tb ? b[j * k + l] : b[l * n + j]);
-      want[i * n + j] = alpha * s + beta * c[i * n + j];
+        s += (ta ? a[l * (ac + pad) + i] : a[i * (ac + pad) + l]) * (tb ? b[j * (bc + pad) + l] : b[l * (bc + pad) + j]);
+      want[i * (n + pad) + j] = alpha * s + beta * double(Scalar(c[i * (n + pad) + j]));
     }
   double const tol = 4 * epsilon<Scalar>() * (k + 2);
   check_close("gemm", to_host(C), want, tol);
@@ -77,7 +84,7 @@ void check_bf16_gemm(Op op_a, Op op_b, long m, long n, long k, float alpha, floa
   bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
   // The host's AMX kernel is held to the rounded operands exactly; elsewhere (cuBLAS,
   // whose rounding of the operands is its own) only the bf16 error bound applies.
-  bool const rounded = host && trellis::detail::amx_available();
+  bool const rounded = host && trellis::blas::bf16_products_available();
   auto const got = to_host(C);
   double worst = 0;
   for (long i = 0; i < m; ++i)
@@ -112,8 +119,9 @@ void check_bf16_gemm(Op op_a, Op op_b, long m, long n, long k, float alpha, floa
 
 TEST_CASE_TEMPLATE_DEFINE("gemm in bf16 products is the product of the rounded operands", Exec, gemm_bf16) {
   bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
-  if (host && !trellis::detail::amx_available())
-    MESSAGE("no AMX-BF16 here: MathMode::bf16 is strict fp32 on this host, checked as such");
+  if (host && !trellis::blas::bf16_products_available())
+    MESSAGE("no AMX-BF16, and no AVX512-BF16 with oneDNN, here: MathMode::bf16 is strict fp32 on this host, "
+            "checked as such");
   for (Op op_a : {Op::none, Op::transpose})
     for (Op op_b : {Op::none, Op::transpose}) {
       CAPTURE(int(op_a));
@@ -146,6 +154,12 @@ TEST_CASE_TEMPLATE_DEFINE("gemm matches the portable kernel and a host loop", Ex
       check_gemm<Exec, double>(op_a, op_b, 13, 9, 33, 0.5, 1.0);
       check_gemm<Exec, double>(op_a, op_b, 1, 64, 40, 1.0, 0.25);
       check_gemm<Exec, float>(op_a, op_b, 3, 4, 0, 1.0, 0.5);
+      // Large enough for oneDNN where the build has it (in float), with alpha, beta
+      // and column blocks of wider matrices.
+      check_gemm<Exec, float>(op_a, op_b, 70, 65, 37, 0.5, 1.0);
+      check_gemm<Exec, float>(op_a, op_b, 33, 129, 64, 1.0, 0.0, 5);
+      check_gemm<Exec, float>(op_a, op_b, 40, 50, 60, -1.5, 0.25, 1);
+      check_gemm<Exec, float>(op_a, op_b, 1, 300, 200, 1.0, 0.0);
     }
 }
 
@@ -188,3 +202,32 @@ TEST_CASE_TEMPLATE_APPLY(gemm_all, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(gemm_strided, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(gemm_shapes, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(gemm_bf16, trellis::test::Backends);
+
+#if defined(KOKKOS_ENABLE_SERIAL)
+TEST_CASE("host GEMMs on Serial run on serial_gemm_threads() threads where the build has OpenMP") {
+  using trellis::blas::serial_gemm_threads;
+  using trellis::blas::set_serial_gemm_threads;
+  Kokkos::Serial space;
+  CHECK(serial_gemm_threads() == 1);  // the default: no oversubscription
+  CHECK(trellis::blas::host_gemm_threads(space) == 1);
+  CHECK_THROWS_WITH_AS(set_serial_gemm_threads(0), doctest::Contains("set_serial_gemm_threads: 0 threads"),
+                       trellis::invalid_argument);
+  set_serial_gemm_threads(2);
+  CHECK(serial_gemm_threads() == 2);
+  CHECK(trellis::blas::host_gemm_threads(space) == (trellis::blas::serial_gemm_threads_supported ? 2 : 1));
+  // Large enough for Eigen to split it; the result is the reference's either way.
+  for (Op op_b : {Op::none, Op::transpose}) {
+    check_gemm<Kokkos::Serial, double>(Op::none, op_b, 300, 257, 260, 1.0, 0.5);
+    check_gemm<Kokkos::Serial, float>(Op::transpose, op_b, 129, 300, 200, 1.0, 0.0);
+  }
+  CHECK(Eigen::nbThreads() == (trellis::blas::serial_gemm_threads_supported ? 2 : 1));
+  set_serial_gemm_threads(1);
+  check_gemm<Kokkos::Serial, double>(Op::none, Op::none, 64, 64, 64, 1.0, 0.0);
+  CHECK(Eigen::nbThreads() == 1);
+#if defined(KOKKOS_ENABLE_OPENMP)
+  // A space with threads of its own keeps them.
+  Kokkos::OpenMP omp;
+  CHECK(trellis::blas::host_gemm_threads(omp) == omp.concurrency());
+#endif
+}
+#endif

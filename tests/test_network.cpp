@@ -176,7 +176,7 @@ TEST_CASE_TEMPLATE_DEFINE("bf16 products keep the network within bf16 error of t
   wide.nlevels = 6;
   wide.dilation = {1, 2};
   all.push_back({"wide enough for whole tiles", wide, 20, 4, true});
-  bool const amx = trellis::detail::amx_available();
+  bool const amx = trellis::blas::bf16_products_available();
   bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
   for (auto const& c : all) {
     Pass const reduced = check_case<Exec, float, trellis::TiedAcrossDepth>(c, trellis::blas::MathMode::bf16);

@@ -170,8 +170,8 @@ TEST_CASE("trellis train charlm: run directory, last line, eval, and exact resum
   CHECK(recomputed_resumed.last_line() == straight.last_line());
   CHECK(contains(run_cli("train" + common + " --run-dir " + c.string() + "-bad --recompute -1").err, "--recompute"));
 
-  // bf16 products (AMX where the CPU has it, else strict fp32): trains, and where AMX
-  // runs, its losses are its own.
+  // bf16 products (AMX or oneDNN's AVX512-BF16 where the CPU has them, else strict
+  // fp32): trains, and where they run, its losses are its own.
   auto const d = root() / "run-d";
   fs::remove_all(d);
   auto const reduced = run_cli("train" + common + " --run-dir " + d.string() + " --max-steps 3 --bf16");
@@ -179,7 +179,7 @@ TEST_CASE("trellis train charlm: run directory, last line, eval, and exact resum
   REQUIRE(reduced.status == 0);
   CHECK(reduced.last_line().rfind("test bpc ", 0) == 0);
   bool const same_start = csv_train_losses(a).rfind(csv_train_losses(d), 0) == 0;
-  CHECK(same_start == !trellis::detail::amx_available());
+  CHECK(same_start == !trellis::blas::bf16_products_available());
   auto const both = run_cli("train" + common + " --run-dir " + d.string() + "-bad --tf32 --bf16");
   CHECK(both.status != 0);
   CHECK(contains(both.err, "--tf32 and --bf16"));

@@ -104,6 +104,22 @@ void log(trellis::RunDirectory& run, Parts const&... parts) {
   std::fprintf(stderr, "\r\033[K%s\n", line.str().c_str());
 }
 
+/// The host threads a run uses, for its log: the space's, or on a one-thread space
+/// the GEMMs' (trellis::blas::host_gemm_threads); nothing on a device.
+template <class Exec>
+std::string threads_note(Exec const& space) {
+  if constexpr (!Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible) {
+    return "";
+  } else {
+    int const own = static_cast<int>(space.concurrency());
+    int const gemm = trellis::blas::host_gemm_threads(space);
+    if (own > 1) return " on " + std::to_string(own) + " threads";
+    if (gemm > 1) return " on one thread, its GEMMs on " + std::to_string(gemm);
+    return trellis::blas::serial_gemm_threads_supported ? " on one thread"
+                                                        : " on one thread (built without OpenMP, GEMMs too)";
+  }
+}
+
 /// curves.png beside curves.csv; warns once when gnuplot fails.
 inline void plot(trellis::RunDirectory& run, std::string const& metric, bool& warned) {
   if (run.plot_curves(metric) || warned) return;
@@ -187,7 +203,8 @@ int train_loop(Exec const& space, Task& task, TrainSettings const& s) {
   }
   s.phases->setup_done();
   if (dir)
-    log(*dir, "train ", s.task, " on ", s.data, " with ", Exec::name(), ", ", s.fp64 ? "fp64" : "fp32",
+    log(*dir, "train ", s.task, " on ", s.data, " with ", Exec::name(), threads_note(space), ", ",
+        s.fp64 ? "fp64" : "fp32",
         s.fp64 ? "" : trellis::blas::math_mode_note<Exec>(s.math), ", ", task.batches_per_epoch(),
         " batches per epoch, for ", s.minutes, " minutes of training",
         s.comm->size() > 1 ? "; data-parallel: " + s.comm->description() : "");

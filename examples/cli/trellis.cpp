@@ -13,7 +13,9 @@
 #include <CLI/CLI.hpp>
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -226,7 +228,7 @@ int main(int argc, char** argv) {
     sub->add_option("--backend", common.backend, "serial|openmp|cuda (default: the best enabled)")
         ->capture_default_str();
     sub->add_option("--precision", common.precision, "fp32|fp64")->capture_default_str();
-    sub->add_option("--threads", common.threads, "host threads (default: Kokkos' default)");
+    sub->add_option("--threads", common.threads, "host threads: the OpenMP backend's, or the GEMMs' on serial (default: OMP_NUM_THREADS, else every core)");
     sub->add_flag("--tf32", common.tf32, "allow TF32 tensor cores on CUDA in fp32");
     sub->add_flag("--keep-subnormals", common.keep_subnormals,
                   "keep subnormal numbers (below about 1.2e-38 in fp32) instead of flushing them to zero, "
@@ -354,7 +356,14 @@ int main(int argc, char** argv) {
   }
   trellis::JobPhases phases(comm);
   common.phases = &phases;
+  // The OpenMP runtime read its variables when the program loaded: with OMP_PROC_BIND
+  // unset it binds no thread, which is what this program wants on shared machines.
+  // Saying so spares every command Kokkos' advice about binding.
+  if (!std::getenv("OMP_PROC_BIND")) setenv("OMP_PROC_BIND", "false", 0);
   trellis::initialize_kokkos(common.threads, comm.size() > 1);
+  // On Serial the GEMMs still use the cores.
+  trellis::blas::set_serial_gemm_threads(
+      common.threads > 0 ? common.threads : trellis::default_host_threads());
   int status = 0;
   try {
     if (*from_rnn_cmd) from_rnn(fr, common);

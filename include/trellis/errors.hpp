@@ -4,7 +4,7 @@
 //   invalid_argument  bad arguments: shapes, sizes, configuration, flags
 //   file_error        a file that cannot be read or written, or is malformed
 //   data_error        a data set's file or folder (a file_error: catch either)
-//   backend_error     a backend library (cuBLAS) reported a failure
+//   backend_error     a backend library (cuBLAS, oneDNN) reported a failure
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -19,7 +19,7 @@ class invalid_argument : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
-/// Thrown when a backend library (cuBLAS) reports a failure.
+/// Thrown when a backend library (cuBLAS, oneDNN) reports a failure.
 class backend_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

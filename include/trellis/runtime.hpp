@@ -8,9 +8,14 @@
 #include <xmmintrin.h>
 #endif
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include <trellis/errors.hpp>
 
@@ -76,6 +81,34 @@ bool flush_subnormals(Exec const& space, bool on = true) {
     space.fence();
   }
   return done;
+}
+
+/// The cores this process may run on: its CPU affinity mask where the system has one
+/// (a container or `taskset` narrows it), else the hardware's threads; at least 1.
+inline int available_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+/// How many ranks of this job a launcher started on this node, as its variables say;
+/// 1 when none does.
+inline int launcher_local_ranks() {
+  int ranks = 1;
+  for (char const* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (char const* v = std::getenv(name)) ranks = std::max(ranks, std::atoi(v));
+  return ranks;
+}
+
+/// Host threads for a process that is not told: OMP_NUM_THREADS's first value where it
+/// is set, as OpenMP itself reads it; otherwise the cores this process may run on,
+/// shared with the other ranks a launcher started on this node.
+inline int default_host_threads() {
+  if (char const* v = std::getenv("OMP_NUM_THREADS"); v && std::atoi(v) > 0) return std::atoi(v);
+  return std::max(1, available_cores() / launcher_local_ranks());
 }
 
 /// How many ranks a launcher (mpirun, mpiexec, srun) started this job with, as its

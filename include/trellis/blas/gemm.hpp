@@ -1,6 +1,7 @@
 #pragma once
 // trellis::blas::gemm(space, ...): one entry that checks shapes, then dispatches by a
-// trait on the execution space: Eigen on host spaces, cuBLAS on Kokkos::Cuda, and a
+// trait on the execution space: Eigen on host spaces (oneDNN for float where the build
+// chose it, AMX tiles for bf16 products), cuBLAS on Kokkos::Cuda, and a
 // portable Kokkos kernel elsewhere (also reachable as naive_gemm, the tests'
 // reference). All matrices are row-major rank-2 Views.
 #include <Kokkos_Core.hpp>
@@ -11,8 +12,10 @@
 #include <trellis/blas/detail/gemm_amx.hpp>
 #include <trellis/blas/detail/gemm_cublas.hpp>
 #include <trellis/blas/detail/gemm_eigen.hpp>
+#include <trellis/blas/detail/gemm_onednn.hpp>
 #include <trellis/blas/detail/gemm_portable.hpp>
 #include <trellis/blas/detail/matrix_ref.hpp>
+#include <trellis/blas/host_threads.hpp>
 #include <trellis/errors.hpp>
 
 namespace trellis::blas {
@@ -20,24 +23,46 @@ namespace trellis::blas {
 enum class Op { none, transpose };
 
 /// Precision of single-precision products: strict FP32 (the default); TF32 tensor cores
-/// on GPUs (ignored on host spaces); or bfloat16 products with fp32 accumulation (AMX
-/// tiles on host CPUs that have AMX-BF16, otherwise strict FP32 there; bf16 tensor
-/// cores through cuBLAS on GPUs). Ignored in double.
+/// on GPUs (ignored on host spaces); or bfloat16 products with fp32 accumulation (on
+/// host CPUs: AMX tiles where the CPU has AMX-BF16, else oneDNN's AVX512-BF16 kernels
+/// where the build has oneDNN and the CPU those instructions, else strict FP32; bf16
+/// tensor cores through cuBLAS on GPUs). Ignored in double.
 enum class MathMode { strict, tf32, bf16 };
 
-/// True where MathMode::bf16 runs on AMX tiles on this host CPU (checked once); where
-/// false, host GEMMs in that mode stay strict FP32.
+/// True where MathMode::bf16 runs on AMX tiles on this host CPU (checked once).
 inline bool bf16_tiles_available() { return trellis::detail::amx_available(); }
 
+/// True where MathMode::bf16 has bf16 products on this host CPU: AMX tiles, or
+/// oneDNN's AVX512-BF16 kernels; where false, host GEMMs in that mode stay strict FP32.
+inline bool bf16_products_available() {
+  return trellis::detail::amx_available() || trellis::detail::onednn_bf16_available();
+}
+
+/// Which library computes host GEMMs in fp32 in this build: "oneDNN" or "Eigen"
+/// (double is always Eigen's; small products stay on Eigen either way).
+inline char const* host_gemm_library() {
+#if defined(TRELLIS_HAVE_ONEDNN)
+  return "oneDNN";
+#else
+  return "Eigen";
+#endif
+}
+
 /// How fp32 GEMMs of `mode` round on Exec, for logs: "" when strict; otherwise what the
-/// mode does there, or that it has no effect (TF32 on a CPU; bf16 without AMX-BF16).
+/// mode does there, or that it has no effect (TF32 on a CPU; bf16 without bf16 products).
 template <class Exec>
 std::string math_mode_note(MathMode mode) {
   if (mode == MathMode::strict) return "";
   bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
   if (mode == MathMode::tf32) return host ? " (--tf32 has no effect on the CPU)" : " with TF32 GEMMs";
   if (!host) return " with bf16 GEMMs";
-  return bf16_tiles_available() ? " with bf16 GEMMs on AMX tiles" : " (--bf16: this CPU has no AMX-BF16, GEMMs stay fp32)";
+  if (bf16_tiles_available()) return " with bf16 GEMMs on AMX tiles";
+  if (trellis::detail::onednn_bf16_available()) return " with bf16 GEMMs (oneDNN, AVX512-BF16)";
+#if defined(TRELLIS_HAVE_ONEDNN)
+  return " (--bf16: this CPU has neither AMX-BF16 nor AVX512-BF16, GEMMs stay fp32)";
+#else
+  return " (--bf16: this CPU has no AMX-BF16 and this build no oneDNN for AVX512-BF16, GEMMs stay fp32)";
+#endif
 }
 
 namespace detail {
@@ -84,11 +109,22 @@ void gemm_checked(char const* call, Exec const& space, Op op_a, Op op_b,
   trellis::detail::MatrixRef<Scalar const> cb{rb.data, rb.rows, rb.cols, rb.ld};
   if constexpr (std::is_same_v<Backend, trellis::detail::EigenGemm>) {
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (mode == MathMode::bf16 && trellis::detail::amx_available()) {
+      bool const bf16 = mode == MathMode::bf16;
+      if (bf16 && trellis::detail::amx_available()) {
         trellis::detail::gemm_impl(trellis::detail::AmxGemm{}, space, ta, tb, alpha, ca, cb,
                                    beta, rc, k);
         return;
       }
+#if defined(TRELLIS_HAVE_ONEDNN)
+      // bf16 products on every size (the mode's rounding does not depend on shape);
+      // fp32 ones where oneDNN's call pays for itself.
+      bool const reduced = bf16 && trellis::detail::onednn_bf16_available();
+      if (k > 0 && (reduced || double(m) * double(n) * double(k) >= trellis::detail::onednn_min_multiply_adds)) {
+        trellis::detail::gemm_impl(trellis::detail::OnednnGemm{}, space, ta, tb, alpha, ca, cb, beta, rc, k,
+                                   reduced);
+        return;
+      }
+#endif
     }
     trellis::detail::gemm_impl(Backend{}, space, ta, tb, alpha, ca, cb, beta, rc, k);
   } else if constexpr (std::is_same_v<Backend, trellis::detail::PortableGemm>) {

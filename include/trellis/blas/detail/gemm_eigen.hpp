@@ -5,17 +5,11 @@
 #include <Eigen/Core>
 
 #include <trellis/blas/detail/matrix_ref.hpp>
+#include <trellis/blas/host_threads.hpp>
 
 namespace trellis::detail {
 
 struct EigenGemm {};
-
-/// Eigen's GEMM threads follow the execution space: one on Serial, the space's
-/// concurrency on OpenMP.
-template <class Exec>
-int eigen_threads(Exec const& space) {
-  return static_cast<int>(space.concurrency());
-}
 
 template <class Exec, class Scalar>
 void gemm_impl(EigenGemm, Exec const& space, bool trans_a, bool trans_b, Scalar alpha,
@@ -27,7 +21,7 @@ void gemm_impl(EigenGemm, Exec const& space, bool trans_a, bool trans_b, Scalar 
   using Map = Eigen::Map<Matrix, Eigen::Unaligned, Stride>;
   if (c.rows == 0 || c.cols == 0) return;
   space.fence();  // earlier kernels on this space wrote A, B or C
-  Eigen::setNbThreads(eigen_threads(space));
+  Eigen::setNbThreads(trellis::blas::host_gemm_threads(space));
   ConstMap A(a.data, a.rows, a.cols, Stride(a.ld));
   ConstMap B(b.data, b.rows, b.cols, Stride(b.ld));
   Map C(c.data, c.rows, c.cols, Stride(c.ld));
