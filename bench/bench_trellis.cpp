@@ -47,6 +47,8 @@ std::vector<Config> configs() {
       {"tiny", 4, 32, 8, 24, 8, 6, {1}, true, true, 5},
       {"seqmnist", 64, 784, 1, 120, 10, 11, mnist_dil, true, true, 3},
       {"charptb-cpu", 24, 140, 200, 1050, 200, 4, {1}, true, false, 3},
+      // scripts/demo's model (trellis train --task charlm --data sotu's defaults).
+      {"sotu-demo", 16, 128, 64, 128, 64, 8, {1}, true, false, 5},
       {"charptb", 24, 140, 200, 1050, 200, 140, {1}, false, true, 5},
       {"wordptb", 16, 110, 400, 1000, 400, 58, {1}, false, true, 5},
   };
