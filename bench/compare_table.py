@@ -69,11 +69,12 @@ def tables_rounds(rounds, threads):
     configs = []
     for ref in refs:
         configs += [row["config"] for row in ref["rows"] if row["config"] not in configs]
+    n_rounds = max((len(v) for v in data.values()), default=0)
     lines = []
     out = lines.append
     ctx = ours0["context"]
     out(f"trellis ({ctx.get('execution_space')}, {threads} threads, Kokkos {ctx.get('kokkos_version')}) against "
-        f"{ref0['implementation']}, PyTorch {ref0['torch']}, {threads} threads; same machine, {len(rounds)} "
+        f"{ref0['implementation']}, PyTorch {ref0['torch']}, {threads} threads; same machine, {n_rounds} "
         f"round(s) interleaved (ours, the reference, ...); times: median over the rounds of each round's median; "
         f"ref / ours: median of the rounds' ratios, and their spread")
     if ctx.get("fp32_fma_peak"):
