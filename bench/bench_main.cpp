@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
       trellis::blas::set_serial_gemm_threads(std::atoi(v));
     auto const peak = trellis_bench::fma_peak(trellis::blas::host_gemm_threads(Exec()));
     trellis_bench::host_peak_gflops() = peak.gflops();
+    benchmark::AddCustomContext("host_gemm", trellis::blas::host_gemm_library());
     benchmark::AddCustomContext("gemm_threads", std::to_string(peak.threads));
     benchmark::AddCustomContext("fp32_fma_peak", peak.how);
     benchmark::AddCustomContext("fp32_fma_peak_GFLOPs", std::to_string(peak.gflops()));
