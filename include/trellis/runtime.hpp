@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 #include <thread>
 
@@ -94,13 +95,20 @@ inline int available_cores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+namespace detail {
+/// The largest count the variables `names` hold; 1 when none holds more.
+inline int largest_count_in(std::initializer_list<char const*> names) {
+  int count = 1;
+  for (char const* name : names)
+    if (char const* v = std::getenv(name)) count = std::max(count, std::atoi(v));
+  return count;
+}
+}  // namespace detail
+
 /// How many ranks of this job a launcher started on this node, as its variables say;
 /// 1 when none does.
 inline int launcher_local_ranks() {
-  int ranks = 1;
-  for (char const* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
-    if (char const* v = std::getenv(name)) ranks = std::max(ranks, std::atoi(v));
-  return ranks;
+  return detail::largest_count_in({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"});
 }
 
 /// Host threads for a process that is not told: OMP_NUM_THREADS's first value where it
@@ -114,10 +122,7 @@ inline int default_host_threads() {
 /// How many ranks a launcher (mpirun, mpiexec, srun) started this job with, as its
 /// variables say; 1 when none does.
 inline int launcher_ranks() {
-  int ranks = 1;
-  for (char const* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
-    if (char const* v = std::getenv(name)) ranks = std::max(ranks, std::atoi(v));
-  return ranks;
+  return detail::largest_count_in({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"});
 }
 
 /// Empty when every rank a launcher started (launcher_ranks) is in the job of
