@@ -208,6 +208,8 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
   Net net(space, s);
   net.set_math_mode(mode);
   net.set_recompute_interval(recompute);
+  // The backward's block rows (0: the network's choice), for tuning.
+  if (char const* v = std::getenv("TRELLIS_BENCH_BACKWARD_BLOCK_ROWS")) net.set_backward_block_rows(std::atol(v));
   long const L = c.L, N = c.N, q = s.q();
   Net::sequence_view x("x", L, N, s.ninp), out("out", L, N, s.nout), d_out("d_out", L, N, s.nout);
   Net::state_view h0("h0", N, q), c0("c0", N, q), h("h", N, q), cn("c", N, q);

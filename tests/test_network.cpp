@@ -497,7 +497,77 @@ TEST_CASE_TEMPLATE_DEFINE("a train step on a sized cache allocates nothing and w
   }
 }
 
+namespace {
+
+// Backward in blocks of rows against whole levels (the same network, inputs and masks):
+// every row's dA, S and dS are computed as before, only dW sums over blocks.
+template <class Exec, class Scalar, class Tying, class Activation>
+void check_blocks(Case const& c, long rows, trellis::InjectionMode injection, int recompute) {
+  auto const what = describe<Scalar, Tying, Activation>(
+      c, injection, std::to_string(rows) + "-row blocks, recompute interval " + std::to_string(recompute));
+  INFO(what);
+  Exec space;
+  std::mt19937_64 rng(9);
+  trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation> net(space, c.shape);
+  net.set_injection_mode(injection);
+  net.set_recompute_interval(recompute);
+  randomize_parameters(net, rng);
+  auto masks = c.masks ? fixed_masks(net, c.N, rng) : typename decltype(net)::masks_type{};
+  Pass const pass = random_pass(c.shape, c.L, c.N, rng);
+  Pass whole = pass, blocked = pass;
+  typename decltype(net)::cache_type cache;
+  net.set_backward_block_rows(c.L * c.N);
+  run_network(net, whole, masks, true, &cache);
+  std::size_t const whole_bytes = cache.bytes();
+  net.set_backward_block_rows(rows);
+  run_network(net, blocked, masks, true, &cache);
+  // dA is kept for one block only.
+  if (rows < c.L * c.N) CHECK(cache.bytes() < whole_bytes);
+  check_same_pass(blocked, whole, 64 * epsilon<Scalar>() * (c.shape.q() + c.shape.ninp) * c.shape.nlevels);
+  double const inner = 2.0 * (c.shape.q() + c.shape.ninp);
+  check_against_naive(net, blocked, masks, 16 * epsilon<Scalar>() * inner * c.shape.nlevels);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("backward in blocks of rows gives the whole-level results", Exec, backward_blocks) {
+  using trellis::InjectionMode;
+  auto all = cases();
+  for (auto const& c : all) {
+    long const R = c.L * c.N;
+    for (long rows : {1L, 3L, 5L, R - 1, R + 4}) {
+      if (rows < 1) continue;
+      for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
+        check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, injection, 1);
+        check_blocks<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, injection, 1);
+      }
+    }
+  }
+  // Level recomputation, the elementwise activations and the dilation longer than the
+  // sequence (level 1's history is its padding alone).
+  for (auto const& c : {all[2], all[3]})
+    for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
+      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 4, injection, 2);
+      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 4, injection, 1);
+      check_blocks<Exec, float, trellis::Untied, trellis::ElementwiseRelu>(c, 7, injection, 0);
+    }
+  Exec space;
+  trellis::TrellisNetwork<Exec, float> net(space, all[0].shape);
+  CHECK(net.backward_block_rows() == 0);
+  CHECK_THROWS_WITH_AS(net.set_backward_block_rows(-1),
+                       doctest::Contains("set_backward_block_rows: rows = -1"), std::invalid_argument);
+  // Devices take whole levels unless asked; a wide level on the host takes whole levels
+  // too when its dW would be read and written more often than it pays.
+  bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
+  CHECK((net.backward_block_rows_for(1L << 30) < (1L << 30)) == host);
+  CHECK(net.backward_block_rows_for(12) == 12);
+  net.set_backward_block_rows(5);
+  CHECK(net.backward_block_rows_for(12) == 5);
+  CHECK(net.backward_block_rows_for(3) == 3);
+}
+
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(backward_blocks, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(folded_injection, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(network_bf16, trellis::test::Backends);

@@ -11,8 +11,9 @@
 // Per forward: the injection U = W1x x_{t-d} + W2x x_t once per distinct dilation
 // (once per level when untied), then per level one GEMM of the masked history
 // S = [m z~_{t-d} | m z~_t] with the hidden kernel and one fused kernel for bias,
-// gates (i, o, g, f), cell and output. Backward: per level one fused kernel and the
-// weight- and data-gradient GEMMs; the injection's GEMMs once per distinct dilation.
+// gates (i, o, g, f), cell and output. Backward: per level, one block of rows at a
+// time, one fused kernel and the weight- and data-gradient GEMMs; the injection's GEMMs
+// once per distinct dilation.
 // With a narrow input (InjectionMode), the injection rides in the hidden GEMM instead:
 // [S | x_{t-d} | x_t | 1] [W2 | W1 | 0]^T, and no U is kept.
 #include <Kokkos_Core.hpp>
@@ -150,6 +151,39 @@ class TrellisNetwork {
   /// About sqrt(n), the interval that minimises n / k + k - 1.
   static int default_recompute_interval(int nlevels) { return detail::RecomputeSchedule::default_interval(nlevels); }
 
+  /// Rows of a level that backward takes at a time: the fused kernel writes dA and the
+  /// history S of one block, and the weight- and data-gradient GEMMs read them while
+  /// they are still in cache; dA is kept for one block only. 0 (the default) chooses:
+  /// blocks sized to the cache on host spaces where the GEMMs stay large enough, whole
+  /// levels on devices and for RnnSparse. Results agree with whole levels to rounding
+  /// (dW sums over blocks). Takes effect at the next forward.
+  void set_backward_block_rows(long rows) {
+    if (rows < 0)
+      detail::fail("trellis::TrellisNetwork::set_backward_block_rows: rows = ", rows,
+                   "; use rows >= 1, or 0 to let the network choose");
+    block_rows_ = rows;
+  }
+  long backward_block_rows() const { return block_rows_; }
+  /// The block backward uses for R = length x batch rows (set_backward_block_rows).
+  long backward_block_rows_for(long R) const {
+    if (block_rows_ > 0) return std::min(block_rows_, R);
+    if constexpr (!std::is_same_v<Structure, Dense> ||
+                  !Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible) {
+      return R;
+    } else {
+      long const q = shape_.q(), Gq = groups * q;
+      long const width = injection_folded() ? structure_ops::folded_width(shape_) : 2 * q;
+      // Per row of a block: its gates read, dA, S and dS.
+      long const row_bytes = long(sizeof(Scalar)) * (2 * Gq + width + 2 * q);
+      long const rows = std::max<long>(1, backward_block_bytes / row_bytes);
+      // Every block reads and writes dW: blocks pay only while that traffic is small
+      // against what a block keeps in cache.
+      if (rows >= R || rows * (3 * Gq + width) < 8 * Gq * width) return R;
+      return rows;
+    }
+  }
+  static constexpr long backward_block_bytes = 6L << 20;
+
   /// Precision of the GEMMs in single precision: strict FP32 (default), TF32 on CUDA, or
   /// bf16 products with fp32 sums (AMX on host CPUs that have it, cuBLAS on CUDA).
   void set_math_mode(blas::MathMode mode) { math_ = mode; }
@@ -229,6 +263,7 @@ class TrellisNetwork {
 
     structure_ops::begin_backward(space, cache.weights);
     step_type st{space, shape_, params_, &grads_, slots_, math_, cache};
+    long const R = L * N, block = long(cache.d_gates.extent(0));
     detail::LevelGradArgs<Scalar, memory_space> g;
     g.d_out = d_out;
     g.d_h_new = d_h_new;
@@ -248,8 +283,14 @@ class TrellisNetwork {
         g.d_cell_above = dc_above;
         g.d_cell_down = dc_down;
         injection.attach_gradient(st, level, g);
-        detail::level_backward<Activation>(space, a, g);
-        injection.hidden_backward(st, level, a, dx);
+        // Block by block, so that dA and S are still in cache when the GEMMs read them.
+        for (long r0 = 0; r0 < R; r0 += block) {
+          long const r1 = std::min(R, r0 + block);
+          g.d_gates_row = r0;
+          detail::level_backward<Activation>(space, a, g, r0, r1);
+          injection.hidden_backward(st, level, a, r0, r1, dx.extent(0) > 0);
+        }
+        injection.finish_level_backward(st, a, dx);
         if (want_dh0 || want_dc0)
           detail::history_backward<Activation, ExecutionSpace, Scalar, memory_space>(space, a, cache.d_history,
                                                                                      dc_down, dh0, dc0);
@@ -320,8 +361,9 @@ class TrellisNetwork {
       structure_ops::prepare_folded(space, c.weights, shape_, kernels(), groups, folded);
     c.resident_lo = 0, c.resident_hi = -1;
     detail::RecomputeSchedule const schedule{interval_, shape_.nlevels};
+    long const block = backward_block_rows_for(R);
     if (c.length == L && c.batch == N && c.schedule.interval == interval_ && c.folded == folded &&
-        c.gates.extent(0) == std::size_t(schedule.slots()))
+        c.gates.extent(0) == std::size_t(schedule.slots()) && c.d_gates.extent(0) == std::size_t(block))
       return;
     c.length = L;
     c.batch = N;
@@ -332,6 +374,7 @@ class TrellisNetwork {
     c.gates = matrices();
     c.cell = matrices();
     c.recomputed_injection = matrix();
+    c.d_gates = matrix();
     int const slots = schedule.slots();
     c.gates = matrices(alloc("gates"), slots, R, G * q);
     c.cell = matrices(alloc("cell"), Activation::has_cell ? slots : 0, R, q);
@@ -353,7 +396,7 @@ class TrellisNetwork {
     }
     c.stacked_input = matrix(alloc("stacked_input"), separate, 2 * p);
     c.d_stacked_input = matrix(alloc("d_stacked_input"), separate, 2 * p);
-    c.d_gates = matrix(alloc("d_gates"), R, G * q);
+    c.d_gates = matrix(alloc("d_gates"), block, G * q);
     c.d_cell_a = matrix(alloc("d_cell_a"), Activation::has_cell ? R : 0, q);
     c.d_cell_b = matrix(alloc("d_cell_b"), Activation::has_cell ? R : 0, q);
     c.ones = matrix(alloc("ones"), 1, separate);
@@ -405,6 +448,7 @@ class TrellisNetwork {
   blas::MathMode math_ = blas::MathMode::strict;
   InjectionMode injection_mode_ = InjectionMode::automatic;
   int interval_ = 1;
+  long block_rows_ = 0;
 };
 
 }  // namespace trellis

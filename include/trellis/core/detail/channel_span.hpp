@@ -101,26 +101,27 @@ int pack_width(long q, Views const&... views) {
   return 1;
 }
 
-/// Runs f over the rows x q channels of a level: rows on host spaces, packs of `width`
-/// channels on devices (or when tests ask).
+/// Runs f over rows [begin, end) x q channels of a level: rows on host spaces, packs of
+/// `width` channels on devices (or when tests ask).
 template <class Scalar, class Exec, class Functor>
-void for_each_channel(char const* label, Exec const& space, long rows, long q, int width, Functor const& f) {
+void for_each_channel(char const* label, Exec const& space, long begin, long end, long q, int width,
+                      Functor const& f) {
   if (host_shaped<Exec>()) {
     if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible)
-      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, 0, rows), f);
+      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, RowTag>(space, begin, end), f);
     return;
   }
+  auto const packs = [&](auto tag, long V) {
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, decltype(tag)>(space, begin * (q / V), end * (q / V)), f);
+  };
   constexpr int widest = 16 / int(sizeof(Scalar));
   if constexpr (widest >= 4) {
-    if (width == 4) {
-      Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<4>>(space, 0, rows * (q / 4)), f);
-      return;
-    }
+    if (width == 4) return packs(PackTag<4>{}, 4);
   }
   if (width == 2)
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<2>>(space, 0, rows * (q / 2)), f);
+    packs(PackTag<2>{}, 2);
   else
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<Exec, PackTag<1>>(space, 0, rows * q), f);
+    packs(PackTag<1>{}, 1);
 }
 
 }  // namespace trellis::detail

@@ -8,9 +8,10 @@
 //                      and the same GEMMs give the weight, input and bias gradients.
 // Each one: begin_forward, attach (a level's injection view), hidden (the level's
 // GEMM), recompute (before a recomputed level), begin_backward, attach_gradient,
-// hidden_backward and end_backward.
+// hidden_backward (one block of a level's rows), finish_level_backward and end_backward.
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -135,14 +136,19 @@ struct SeparateInjection : InjectionTypes<Net> {
     g.d_injection = Step::slot(st.cache.injection, st.slots.of_level[std::size_t(level)]);
   }
 
-  /// dW += dA^T S and dS = dA W (level 1: only the rows t < d carry history).
-  static void hidden_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, typename Step::sequence const&) {
-    auto const rows = std::make_pair(0L, a.hidden_rows);
+  /// On rows [r0, r1), whose dA the cache's d_gates holds: dW += dA^T S and dS = dA W
+  /// (level 1: only the rows t < d carry history).
+  static void hidden_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1, bool) {
+    long const end = std::min(r1, a.hidden_rows);
+    if (end <= r0) return;
+    auto const rows = std::make_pair(r0, end);
     ops::hidden_backward(st.space, st.cache.weights, st.params, *st.grads, st.kernel_of(level),
-                         Kokkos::subview(st.cache.d_gates, rows, Kokkos::ALL),
+                         Kokkos::subview(st.cache.d_gates, std::make_pair(0L, end - r0), Kokkos::ALL),
                          Kokkos::subview(st.cache.history, rows, Kokkos::ALL),
                          Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
   }
+
+  static void finish_level_backward(Step&, LevelArgs<Scalar, Mem> const&, typename Step::sequence const&) {}
 
   /// Per slot: dW1 += dU^T Xs, the bias gradient 1^T dU, and dx from dXs = dU W1.
   static void end_backward(Step& st, typename Step::sequence const& dx) {
@@ -199,28 +205,40 @@ struct FoldedInjection : InjectionTypes<Net> {
   static void begin_backward(Step& st) { st.cache.recomputed_slot = -1; }
   static void attach_gradient(Step&, int, LevelGradArgs<Scalar, Mem>&) {}
 
-  /// dW~ += dA^T [S | Xs | 1] (dW2, dW1 and the bias gradient at once), dS = dA W2 and,
-  /// when dx is wanted, dXs = dA W1 added into dx. Level 1's rows past t = d carry the
-  /// injection alone.
-  static void hidden_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, typename Step::sequence const& dx) {
+  /// On rows [r0, r1), whose dA the cache's d_gates holds: dW~ += dA^T [S | Xs | 1]
+  /// (dW2, dW1 and the bias gradient at once), dS = dA W2 and, when dx is wanted,
+  /// dXs = dA W1. Level 1's rows past t = d carry the injection alone.
+  static void hidden_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1,
+                              bool want_dx) {
     auto& c = st.cache;
-    long const R = a.L * a.N, q2 = 2 * st.shape.q(), width = long(c.history.extent(1));
-    bool const want_dx = dx.extent(0) > 0;
+    long const q2 = 2 * st.shape.q(), width = long(c.history.extent(1));
     long const to = want_dx ? q2 + 2 * st.shape.ninp : q2;
-    auto const rows = std::make_pair(0L, a.hidden_rows), rest = std::make_pair(a.hidden_rows, R);
     int const k = st.kernel_of(level);
     stack(st, a.d);
-    ops::hidden_folded_backward(st.space, c.weights, k, 0, to, Kokkos::subview(c.d_gates, rows, Kokkos::ALL),
-                                Kokkos::subview(c.history, rows, Kokkos::ALL),
-                                Kokkos::subview(c.d_history, rows, std::make_pair(0L, to)), st.math);
-    if (a.hidden_rows < R) {
+    auto const dA = [&](long from, long until) {
+      return Kokkos::subview(c.d_gates, std::make_pair(from - r0, until - r0), Kokkos::ALL);
+    };
+    long const split = std::clamp(a.hidden_rows, r0, r1);
+    if (split > r0) {
+      auto const rows = std::make_pair(r0, split);
+      ops::hidden_folded_backward(st.space, c.weights, k, 0, to, dA(r0, split),
+                                  Kokkos::subview(c.history, rows, Kokkos::ALL),
+                                  Kokkos::subview(c.d_history, rows, std::make_pair(0L, to)), st.math);
+    }
+    if (split < r1) {
+      auto const rest = std::make_pair(split, r1);
       auto dS = Kokkos::subview(c.d_history, rest, std::make_pair(q2, to));
       using dS_type = decltype(dS);
       if (!want_dx) dS = dS_type();  // these rows' dS is the input's gradient only
-      ops::hidden_folded_backward(st.space, c.weights, k, q2, to, Kokkos::subview(c.d_gates, rest, Kokkos::ALL),
+      ops::hidden_folded_backward(st.space, c.weights, k, q2, to, dA(split, r1),
                                   Kokkos::subview(c.history, rest, std::make_pair(q2, width)), dS, st.math);
     }
-    if (want_dx) unstack_input_gradient<Exec, Scalar, Mem>(st.space, c.d_history, a.d, dx, q2);
+  }
+
+  /// After every block of a level: its dXs into dx.
+  static void finish_level_backward(Step& st, LevelArgs<Scalar, Mem> const& a, typename Step::sequence const& dx) {
+    if (dx.extent(0) > 0)
+      unstack_input_gradient<Exec, Scalar, Mem>(st.space, st.cache.d_history, a.d, dx, 2 * st.shape.q());
   }
 
   static void end_backward(Step& st, typename Step::sequence const&) {

@@ -205,7 +205,7 @@ template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   LevelForward<Activation, Scalar, MemorySpace> f{{}, a, a.q - a.nout, a.mask.extent(0) > 0,
                                                   a.injection.extent(0) > 0};
-  for_each_channel<Scalar>("trellis::level_forward", space, a.L * a.N, a.q, level_pack_width(a), f);
+  for_each_channel<Scalar>("trellis::level_forward", space, 0, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
 /// A level's history S over channels [j, j + V) of row r, rebuilt from the level
@@ -252,7 +252,7 @@ struct LevelHistory : ChannelLaunch<LevelHistory<Activation, Scalar, MemorySpace
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
   LevelHistory<Activation, Scalar, MemorySpace> f{{}, a, a.mask.extent(0) > 0};
-  for_each_channel<Scalar>("trellis::level_history", space, a.L * a.N, a.q, level_pack_width(a), f);
+  for_each_channel<Scalar>("trellis::level_history", space, 0, a.L * a.N, a.q, level_pack_width(a), f);
 }
 
 /// Gradients that reach a level from outside the level stack.
@@ -265,7 +265,8 @@ struct LevelGradArgs {
   typename V::cmatrix d_history;      // (R, 2q): dS of the level above
   typename V::cmatrix d_cell_above;   // (R, q): dL/dc~ sent down by the level above, at its t
   typename V::matrix d_cell_down;     // (R, q): this level's dL/dc~_{t-d} = dct * f, at t
-  typename V::matrix d_gates;         // (R, G q)
+  typename V::matrix d_gates;         // (rows, G q): dA of rows [d_gates_row, d_gates_row + rows)
+  long d_gates_row = 0;               // backward may take a level in blocks of rows
   typename V::matrix d_injection;     // (R, G q): accumulates dA; empty when folded
 };
 
@@ -312,7 +313,7 @@ struct LevelBackward : ChannelLaunch<LevelBackward<Activation, Scalar, MemorySpa
     P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
     P const dz = output_gradient<V>(row, j, m);
     Scalar const* const gates = &a.gates(r, 0);
-    Scalar* const dA = &b.d_gates(r, 0);
+    Scalar* const dA = &b.d_gates(r - b.d_gates_row, 0);
     if constexpr (Activation::has_cell) {
       P dc{};
       if (a.top) {
@@ -358,13 +359,14 @@ int level_pack_width(LevelArgs<Scalar, MemorySpace> const& a, LevelGradArgs<Scal
                                                           b.d_cell_down, b.d_gates, b.d_injection));
 }
 
+/// The fused backward on rows [begin, end) of the level; b.d_gates holds those rows' dA.
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_backward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a,
-                    LevelGradArgs<Scalar, MemorySpace> const& b) {
+                    LevelGradArgs<Scalar, MemorySpace> const& b, long begin, long end) {
   LevelBackward<Activation, Scalar, MemorySpace> f{{}, a, b, a.q - a.nout, a.mask.extent(0) > 0,
                                                    b.d_h_new.extent(0) > 0, b.d_c_new.extent(0) > 0,
                                                    b.d_aux.extent(0) > 0, b.d_injection.extent(0) > 0};
-  for_each_channel<Scalar>("trellis::level_backward", space, a.L * a.N, a.q, level_pack_width(a, b), f);
+  for_each_channel<Scalar>("trellis::level_backward", space, begin, end, a.q, level_pack_width(a, b), f);
 }
 
 /// The history's share of the initial-state gradient at one level:
