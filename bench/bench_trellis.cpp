@@ -208,7 +208,8 @@ void run_step(benchmark::State& state, Config const& c, bool train, trellis::bla
   Net net(space, s);
   net.set_math_mode(mode);
   net.set_recompute_interval(recompute);
-  // The backward's block rows (0: the network's choice), for tuning.
+  // The forward's and backward's block rows (0: the network's choice), for tuning.
+  if (char const* v = std::getenv("TRELLIS_BENCH_FORWARD_BLOCK_ROWS")) net.set_forward_block_rows(std::atol(v));
   if (char const* v = std::getenv("TRELLIS_BENCH_BACKWARD_BLOCK_ROWS")) net.set_backward_block_rows(std::atol(v));
   long const L = c.L, N = c.N, q = s.q();
   Net::sequence_view x("x", L, N, s.ninp), out("out", L, N, s.nout), d_out("d_out", L, N, s.nout);

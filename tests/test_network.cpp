@@ -499,12 +499,16 @@ TEST_CASE_TEMPLATE_DEFINE("a train step on a sized cache allocates nothing and w
 
 namespace {
 
-// Backward in blocks of rows against whole levels (the same network, inputs and masks):
-// every row's dA, S and dS are computed as before, only dW sums over blocks.
+// Forward and backward in blocks of rows against whole levels (the same network, inputs
+// and masks): every row's gates, dA, S and dS are computed as before, only GEMMs on
+// fewer rows may sum in another order and dW sums over blocks.
 template <class Exec, class Scalar, class Tying, class Activation>
-void check_blocks(Case const& c, long rows, trellis::InjectionMode injection, int recompute) {
+void check_blocks(Case const& c, long forward_rows, long backward_rows, trellis::InjectionMode injection,
+                  int recompute) {
   auto const what = describe<Scalar, Tying, Activation>(
-      c, injection, std::to_string(rows) + "-row blocks, recompute interval " + std::to_string(recompute));
+      c, injection,
+      "forward blocks of " + std::to_string(forward_rows) + " rows, backward blocks of " +
+          std::to_string(backward_rows) + " rows, recompute interval " + std::to_string(recompute));
   INFO(what);
   Exec space;
   std::mt19937_64 rng(9);
@@ -516,30 +520,44 @@ void check_blocks(Case const& c, long rows, trellis::InjectionMode injection, in
   Pass const pass = random_pass(c.shape, c.L, c.N, rng);
   Pass whole = pass, blocked = pass;
   typename decltype(net)::cache_type cache;
-  net.set_backward_block_rows(c.L * c.N);
+  long const R = c.L * c.N;
+  net.set_forward_block_rows(R);
+  net.set_backward_block_rows(R);
   run_network(net, whole, masks, true, &cache);
   std::size_t const whole_bytes = cache.bytes();
-  net.set_backward_block_rows(rows);
+  net.set_forward_block_rows(forward_rows);
+  net.set_backward_block_rows(backward_rows);
   run_network(net, blocked, masks, true, &cache);
   // dA is kept for one block only.
-  if (rows < c.L * c.N) CHECK(cache.bytes() < whole_bytes);
+  if (backward_rows < R) CHECK(cache.bytes() < whole_bytes);
   check_same_pass(blocked, whole, 64 * epsilon<Scalar>() * (c.shape.q() + c.shape.ninp) * c.shape.nlevels);
   double const inner = 2.0 * (c.shape.q() + c.shape.ninp);
   check_against_naive(net, blocked, masks, 16 * epsilon<Scalar>() * inner * c.shape.nlevels);
+  // Recomputed levels go through the same blocks as the forward: the same bits.
+  if (net.recompute_interval() > 1) {
+    Pass kept = pass;
+    net.set_recompute_interval(1);
+    run_network(net, kept, masks, true, &cache);
+    check_same_pass(blocked, kept, 0.0);
+  }
 }
 
 }  // namespace
 
-TEST_CASE_TEMPLATE_DEFINE("backward in blocks of rows gives the whole-level results", Exec, backward_blocks) {
+TEST_CASE_TEMPLATE_DEFINE("forward and backward in blocks of rows give the whole-level results", Exec,
+                          level_blocks) {
   using trellis::InjectionMode;
   auto all = cases();
   for (auto const& c : all) {
     long const R = c.L * c.N;
+    // Blocks shorter and longer than a level's dilation times the batch, which is how
+    // far the fused forward shifts the next level's history.
     for (long rows : {1L, 3L, 5L, R - 1, R + 4}) {
       if (rows < 1) continue;
       for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
-        check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, injection, 1);
-        check_blocks<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, injection, 1);
+        check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, R, injection, 1);
+        check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, R, rows, injection, 1);
+        check_blocks<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, rows + 1, injection, 1);
       }
     }
   }
@@ -547,27 +565,40 @@ TEST_CASE_TEMPLATE_DEFINE("backward in blocks of rows gives the whole-level resu
   // sequence (level 1's history is its padding alone).
   for (auto const& c : {all[2], all[3]})
     for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
-      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 4, injection, 2);
-      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 4, injection, 1);
-      check_blocks<Exec, float, trellis::Untied, trellis::ElementwiseRelu>(c, 7, injection, 0);
+      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 3, 4, injection, 2);
+      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 5, 4, injection, 1);
+      check_blocks<Exec, float, trellis::Untied, trellis::ElementwiseRelu>(c, 2, 7, injection, 0);
     }
+  {  // The pack-shaped kernels a device runs, in blocks when asked.
+    DeviceShapedKernels const device;
+    for (auto injection : {InjectionMode::separate, InjectionMode::folded})
+      check_blocks<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(all[2], 3, 5, injection, 2);
+  }
   Exec space;
   trellis::TrellisNetwork<Exec, float> net(space, all[0].shape);
   CHECK(net.backward_block_rows() == 0);
+  CHECK(net.forward_block_rows() == 0);
   CHECK_THROWS_WITH_AS(net.set_backward_block_rows(-1),
                        doctest::Contains("set_backward_block_rows: rows = -1"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(net.set_forward_block_rows(-2),
+                       doctest::Contains("set_forward_block_rows: rows = -2"), std::invalid_argument);
   // Devices take whole levels unless asked; a wide level on the host takes whole levels
-  // too when its dW would be read and written more often than it pays.
+  // too when its W (forward) or dW (backward) would be read more often than it pays.
   bool const host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible;
   CHECK((net.backward_block_rows_for(1L << 30) < (1L << 30)) == host);
+  CHECK((net.forward_block_rows_for(1L << 30) < (1L << 30)) == host);
   CHECK(net.backward_block_rows_for(12) == 12);
+  CHECK(net.forward_block_rows_for(12) == 12);
   net.set_backward_block_rows(5);
+  net.set_forward_block_rows(4);
   CHECK(net.backward_block_rows_for(12) == 5);
   CHECK(net.backward_block_rows_for(3) == 3);
+  CHECK(net.forward_block_rows_for(12) == 4);
+  CHECK(net.forward_block_rows_for(3) == 3);
 }
 
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
-TEST_CASE_TEMPLATE_APPLY(backward_blocks, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(level_blocks, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(folded_injection, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(network_bf16, trellis::test::Backends);

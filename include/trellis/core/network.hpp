@@ -9,11 +9,11 @@
 //   aux    (naux, L, N, nout)    last nout channels of z at levels F, 2F, ...
 //
 // Per forward: the injection U = W1x x_{t-d} + W2x x_t once per distinct dilation
-// (once per level when untied), then per level one GEMM of the masked history
-// S = [m z~_{t-d} | m z~_t] with the hidden kernel and one fused kernel for bias,
-// gates (i, o, g, f), cell and output. Backward: per level, one block of rows at a
-// time, one fused kernel and the weight- and data-gradient GEMMs; the injection's GEMMs
-// once per distinct dilation.
+// (once per level when untied), then per level, one block of rows at a time, one GEMM
+// of the masked history S = [m z~_{t-d} | m z~_t] with the hidden kernel and one fused
+// kernel for bias, gates (i, o, g, f), cell and output. Backward: per level, one block
+// of rows at a time, one fused kernel and the weight- and data-gradient GEMMs; the
+// injection's GEMMs once per distinct dilation.
 // With a narrow input (InjectionMode), the injection rides in the hidden GEMM instead:
 // [S | x_{t-d} | x_t | 1] [W2 | W1 | 0]^T, and no U is kept.
 #include <Kokkos_Core.hpp>
@@ -184,6 +184,39 @@ class TrellisNetwork {
   }
   static constexpr long backward_block_bytes = 6L << 20;
 
+  /// Rows of a level that forward takes at a time: the hidden GEMM writes one block's
+  /// gates and the fused kernel reads them while they are still in cache. 0 (the
+  /// default) chooses: blocks sized to the cache on host spaces where the GEMMs stay
+  /// large enough, whole levels on devices and for RnnSparse. Results agree with whole
+  /// levels to rounding (a GEMM on fewer rows may sum in another order). Takes effect
+  /// at the next forward.
+  void set_forward_block_rows(long rows) {
+    if (rows < 0)
+      detail::fail("trellis::TrellisNetwork::set_forward_block_rows: rows = ", rows,
+                   "; use rows >= 1, or 0 to let the network choose");
+    forward_rows_ = rows;
+  }
+  long forward_block_rows() const { return forward_rows_; }
+  /// The block forward uses for R = length x batch rows (set_forward_block_rows).
+  long forward_block_rows_for(long R) const {
+    if (forward_rows_ > 0) return std::min(forward_rows_, R);
+    if constexpr (!std::is_same_v<Structure, Dense> ||
+                  !Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible) {
+      return R;
+    } else {
+      long const q = shape_.q(), Gq = groups * q;
+      bool const folded = injection_folded();
+      long const width = folded ? structure_ops::folded_width(shape_) : 2 * q;
+      // Per row of a block: the gates written and read, U, S and the cell.
+      long const row_bytes = long(sizeof(Scalar)) * (Gq + (folded ? 0 : Gq) + width + q);
+      long const rows = std::max<long>(1, forward_block_bytes / row_bytes);
+      // Every block reads W again: blocks pay only while that is small against a block.
+      if (rows >= R || rows * (Gq + width) < 8 * Gq * width) return R;
+      return rows;
+    }
+  }
+  static constexpr long forward_block_bytes = 6L << 20;
+
   /// Precision of the GEMMs in single precision: strict FP32 (default), TF32 on CUDA, or
   /// bf16 products with fp32 sums (AMX on host CPUs that have it, cuBLAS on CUDA).
   void set_math_mode(blas::MathMode mode) { math_ = mode; }
@@ -230,8 +263,7 @@ class TrellisNetwork {
         a.h_new = h_new;
         a.c_new = c_new;
         a.aux_out = aux;
-        injection.hidden(st, level, a);
-        detail::level_forward<Activation>(space, a);
+        forward_level(st, injection, level, a);
       }
     });
     // The block of the top level (when it is not a kept one) is still in the block slots.
@@ -341,10 +373,26 @@ class TrellisNetwork {
         else
           detail::level_history<Activation>(st.space, a);
       }
-      injection.hidden(st, i, a);
-      detail::level_forward<Activation>(st.space, a);
+      forward_level(st, injection, i, a);
     }
     cache.resident_lo = lo, cache.resident_hi = hi;
+  }
+
+  /// A level's hidden GEMM and fused forward, block by block, so that the fused kernel
+  /// reads the gates the GEMM wrote while they are still in cache. The kernel writes the
+  /// next level's history over this level's: a block writes the rows shifted into later
+  /// blocks only after their GEMM has read them. Forward and recomputation go through
+  /// here alike, so recomputed levels get the same bits.
+  template <class Injection>
+  void forward_level(step_type& st, Injection injection, int level,
+                     detail::LevelArgs<Scalar, memory_space> const& a) const {
+    long const R = a.L * a.N, block = forward_block_rows_for(R), shift = long(a.d_next) * a.N;
+    for (long r0 = 0; r0 < R; r0 += block) {
+      long const r1 = std::min(R, r0 + block);
+      injection.hidden(st, level, a, r0, r1);
+      if (r0 > 0 && !a.top) detail::shifted_history(st.space, a, r0, std::min(r1, r0 + shift));
+      detail::level_forward<Activation>(st.space, a, r0, r1, r1);
+    }
   }
 
   void check_masks(char const* call, masks_type const& m, long N) const {
@@ -449,6 +497,7 @@ class TrellisNetwork {
   InjectionMode injection_mode_ = InjectionMode::automatic;
   int interval_ = 1;
   long block_rows_ = 0;
+  long forward_rows_ = 0;
 };
 
 }  // namespace trellis

@@ -6,8 +6,8 @@
 //   FoldedInjection    the input columns ride in every level's hidden GEMM:
 //                      [S | x_{t-d} | x_t | 1] [W2 | W1 | 0]^T; nothing per slot is kept,
 //                      and the same GEMMs give the weight, input and bias gradients.
-// Each one: begin_forward, attach (a level's injection view), hidden (the level's
-// GEMM), recompute (before a recomputed level), begin_backward, attach_gradient,
+// Each one: begin_forward, attach (a level's injection view), hidden (one block of a
+// level's rows: its GEMM), recompute (before a recomputed level), begin_backward, attach_gradient,
 // hidden_backward (one block of a level's rows), finish_level_backward and end_backward.
 #include <Kokkos_Core.hpp>
 
@@ -106,14 +106,16 @@ struct SeparateInjection : InjectionTypes<Net> {
     a.injection = Step::slot(st.cache.injection, st.slots.of_level[std::size_t(level)]);
   }
 
-  static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a) {
-    long const R = a.L * a.N;
-    auto const rows = std::make_pair(0L, a.hidden_rows), rest = std::make_pair(a.hidden_rows, R);
-    ops::hidden(st.space, st.cache.weights, st.params, st.kernel_of(level),
-                Kokkos::subview(st.cache.history, rows, Kokkos::ALL), Kokkos::subview(a.gates, rows, Kokkos::ALL),
-                st.math);
+  /// The hidden GEMM S W^T on rows [r0, r1) of the level.
+  static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
+    long const split = std::clamp(a.hidden_rows, r0, r1);
+    auto const rows = std::make_pair(r0, split), rest = std::make_pair(split, r1);
+    if (split > r0)
+      ops::hidden(st.space, st.cache.weights, st.params, st.kernel_of(level),
+                  Kokkos::subview(st.cache.history, rows, Kokkos::ALL), Kokkos::subview(a.gates, rows, Kokkos::ALL),
+                  st.math);
     // Level 1's history is zero past t = d: those rows of S W^T are zero.
-    if (a.hidden_rows < R) Kokkos::deep_copy(st.space, Kokkos::subview(a.gates, rest, Kokkos::ALL), Scalar(0));
+    if (split < r1) Kokkos::deep_copy(st.space, Kokkos::subview(a.gates, rest, Kokkos::ALL), Scalar(0));
   }
 
   /// By backward, the slots hold dU: a recomputed level gets its U again, from the
@@ -187,15 +189,18 @@ struct FoldedInjection : InjectionTypes<Net> {
     st.cache.stacked_dilation = d;
   }
 
-  static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a) {
-    long const R = a.L * a.N, q2 = 2 * st.shape.q(), width = long(st.cache.history.extent(1));
-    auto const rows = std::make_pair(0L, a.hidden_rows), rest = std::make_pair(a.hidden_rows, R);
+  /// The hidden GEMM [S | Xs | 1] W~^T on rows [r0, r1) of the level.
+  static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
+    long const q2 = 2 * st.shape.q(), width = long(st.cache.history.extent(1));
+    long const split = std::clamp(a.hidden_rows, r0, r1);
+    auto const rows = std::make_pair(r0, split), rest = std::make_pair(split, r1);
     stack(st, a.d);
     int const k = st.kernel_of(level);
-    ops::hidden_folded(st.space, st.cache.weights, k, 0, Kokkos::subview(st.cache.history, rows, Kokkos::ALL),
-                       Kokkos::subview(a.gates, rows, Kokkos::ALL), st.math);
+    if (split > r0)
+      ops::hidden_folded(st.space, st.cache.weights, k, 0, Kokkos::subview(st.cache.history, rows, Kokkos::ALL),
+                         Kokkos::subview(a.gates, rows, Kokkos::ALL), st.math);
     // Level 1 past t = d: its history is zero, the injection alone remains.
-    if (a.hidden_rows < R)
+    if (split < r1)
       ops::hidden_folded(st.space, st.cache.weights, k, q2,
                          Kokkos::subview(st.cache.history, rest, std::make_pair(q2, width)),
                          Kokkos::subview(a.gates, rest, Kokkos::ALL), st.math);

@@ -141,6 +141,7 @@ template <class Activation, class Scalar, class MemorySpace>
 struct LevelForward : ChannelLaunch<LevelForward<Activation, Scalar, MemorySpace>, Scalar> {
   LevelArgs<Scalar, MemorySpace> a;
   long off;
+  long shifted_end;  // the next level's history is written to rows below this only
   bool masked, injected;
 
 
@@ -192,7 +193,7 @@ struct LevelForward : ChannelLaunch<LevelForward<Activation, Scalar, MemorySpace
     P const m = load_pack<V>(masked ? &a.mask(n, j) : &a.unit_row(j));
     for (int k = 0; k < V; ++k) z.v[k] *= m.v[k];
     store_pack(&a.history(r, q + j), z);
-    if (t + dn < a.L) store_pack(&a.history(r + dn * N, j), z);
+    if (r + dn * N < shifted_end) store_pack(&a.history(r + dn * N, j), z);
     if (t < dn) {
       P h0 = load_pack<V>(&a.h0(n, j));
       for (int k = 0; k < V; ++k) h0.v[k] = m.v[k] * h0.v[k];
@@ -201,11 +202,35 @@ struct LevelForward : ChannelLaunch<LevelForward<Activation, Scalar, MemorySpace
   }
 };
 
+/// The fused forward on rows [begin, end) of the level, whose hidden GEMM has run. It
+/// writes the next level's history in place, so a row shifted d_next * N rows on is
+/// written only below `shifted_end` (rows whose GEMM has read them); shifted_history
+/// writes the rest once their GEMM has run.
+template <class Activation, class Exec, class Scalar, class MemorySpace>
+void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a, long begin, long end,
+                   long shifted_end) {
+  LevelForward<Activation, Scalar, MemorySpace> f{{}, a, a.q - a.nout, shifted_end, a.mask.extent(0) > 0,
+                                                  a.injection.extent(0) > 0};
+  for_each_channel<Scalar>("trellis::level_forward", space, begin, end, a.q, level_pack_width(a), f);
+}
+
 template <class Activation, class Exec, class Scalar, class MemorySpace>
 void level_forward(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a) {
-  LevelForward<Activation, Scalar, MemorySpace> f{{}, a, a.q - a.nout, a.mask.extent(0) > 0,
-                                                  a.injection.extent(0) > 0};
-  for_each_channel<Scalar>("trellis::level_forward", space, 0, a.L * a.N, a.q, level_pack_width(a), f);
+  level_forward<Activation>(space, a, 0, a.L * a.N, a.L * a.N);
+}
+
+/// The next level's shifted history on rows [begin, end): S(r)[0:q] = S(r - d_next N)[q:2q],
+/// the masked output the level's fused kernel stored there (rows t < d_next hold the
+/// padding the kernel wrote already).
+template <class Exec, class Scalar, class MemorySpace>
+void shifted_history(Exec const& space, LevelArgs<Scalar, MemorySpace> const& a, long begin, long end) {
+  auto const S = a.history;
+  long const q = a.q, shift = long(a.d_next) * a.N;
+  begin = std::max(begin, shift);
+  if (end <= begin) return;
+  for_each_index(
+      "trellis::shifted_history", space, end - begin, q,
+      KOKKOS_LAMBDA(long i, long j) { S(begin + i, j) = S(begin + i - shift, q + j); });
 }
 
 /// A level's history S over channels [j, j + V) of row r, rebuilt from the level
