@@ -157,32 +157,15 @@ class TrellisNetwork {
   /// blocks sized to the cache on host spaces where the GEMMs stay large enough, whole
   /// levels on devices and for RnnSparse. Results agree with whole levels to rounding
   /// (dW sums over blocks). Takes effect at the next forward.
-  void set_backward_block_rows(long rows) {
-    if (rows < 0)
-      detail::fail("trellis::TrellisNetwork::set_backward_block_rows: rows = ", rows,
-                   "; use rows >= 1, or 0 to let the network choose");
-    block_rows_ = rows;
-  }
+  void set_backward_block_rows(long rows) { block_rows_ = checked_block_rows("set_backward_block_rows", rows); }
   long backward_block_rows() const { return block_rows_; }
   /// The block backward uses for R = length x batch rows (set_backward_block_rows).
   long backward_block_rows_for(long R) const {
-    if (block_rows_ > 0) return std::min(block_rows_, R);
-    if constexpr (!std::is_same_v<Structure, Dense> ||
-                  !Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible) {
-      return R;
-    } else {
-      long const q = shape_.q(), Gq = groups * q;
-      long const width = injection_folded() ? structure_ops::folded_width(shape_) : 2 * q;
-      // Per row of a block: its gates read, dA, S and dS.
-      long const row_bytes = long(sizeof(Scalar)) * (2 * Gq + width + 2 * q);
-      long const rows = std::max<long>(1, backward_block_bytes / row_bytes);
-      // Every block reads and writes dW: blocks pay only while that traffic is small
-      // against what a block keeps in cache.
-      if (rows >= R || rows * (3 * Gq + width) < 8 * Gq * width) return R;
-      return rows;
-    }
+    // Per row of a block: its gates read, dA, S and dS. Every block reads and writes dW.
+    return block_rows_for(block_rows_, R, [](long Gq, long q, long width, bool) {
+      return BlockTraffic{2 * Gq + width + 2 * q, 3 * Gq + width};
+    });
   }
-  static constexpr long backward_block_bytes = 6L << 20;
 
   /// Rows of a level that forward takes at a time: the hidden GEMM writes one block's
   /// gates and the fused kernel reads them while they are still in cache. 0 (the
@@ -190,32 +173,18 @@ class TrellisNetwork {
   /// large enough, whole levels on devices and for RnnSparse. Results agree with whole
   /// levels to rounding (a GEMM on fewer rows may sum in another order). Takes effect
   /// at the next forward.
-  void set_forward_block_rows(long rows) {
-    if (rows < 0)
-      detail::fail("trellis::TrellisNetwork::set_forward_block_rows: rows = ", rows,
-                   "; use rows >= 1, or 0 to let the network choose");
-    forward_rows_ = rows;
-  }
+  void set_forward_block_rows(long rows) { forward_rows_ = checked_block_rows("set_forward_block_rows", rows); }
   long forward_block_rows() const { return forward_rows_; }
   /// The block forward uses for R = length x batch rows (set_forward_block_rows).
   long forward_block_rows_for(long R) const {
-    if (forward_rows_ > 0) return std::min(forward_rows_, R);
-    if constexpr (!std::is_same_v<Structure, Dense> ||
-                  !Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible) {
-      return R;
-    } else {
-      long const q = shape_.q(), Gq = groups * q;
-      bool const folded = injection_folded();
-      long const width = folded ? structure_ops::folded_width(shape_) : 2 * q;
-      // Per row of a block: the gates written and read, U, S and the cell.
-      long const row_bytes = long(sizeof(Scalar)) * (Gq + (folded ? 0 : Gq) + width + q);
-      long const rows = std::max<long>(1, forward_block_bytes / row_bytes);
-      // Every block reads W again: blocks pay only while that is small against a block.
-      if (rows >= R || rows * (Gq + width) < 8 * Gq * width) return R;
-      return rows;
-    }
+    // Per row of a block: the gates written and read, U, S and the cell. Every block
+    // reads W again.
+    return block_rows_for(forward_rows_, R, [](long Gq, long q, long width, bool folded) {
+      return BlockTraffic{Gq + (folded ? 0 : Gq) + width + q, Gq + width};
+    });
   }
-  static constexpr long forward_block_bytes = 6L << 20;
+  /// What a block of rows holds, forward or backward, when the network chooses.
+  static constexpr long block_bytes = 6L << 20;
 
   /// Precision of the GEMMs in single precision: strict FP32 (default), TF32 on CUDA, or
   /// bf16 products with fp32 sums (AMX on host CPUs that have it, cuBLAS on CUDA).
@@ -392,6 +361,40 @@ class TrellisNetwork {
       injection.hidden(st, level, a, r0, r1);
       if (r0 > 0 && !a.top) detail::shifted_history(st.space, a, r0, std::min(r1, r0 + shift));
       detail::level_forward<Activation>(st.space, a, r0, r1, r1);
+    }
+  }
+
+  /// Per row of a block, in scalars: what a block keeps in cache, and what it moves
+  /// that pays for rereading the GEMM's weights (or their gradient) once per block.
+  struct BlockTraffic {
+    long kept, moved;
+  };
+
+  static long checked_block_rows(char const* call, long rows) {
+    if (rows < 0)
+      detail::fail("trellis::TrellisNetwork::", call, ": rows = ", rows,
+                   "; use rows >= 1, or 0 to let the network choose");
+    return rows;
+  }
+
+  /// The rows per block for a level of R rows: `set` when given; else, on host spaces,
+  /// blocks of about block_bytes, or the whole level where a block moves too
+  /// little against the 4q x width weights it rereads. Devices and RnnSparse: whole.
+  template <class Traffic>
+  long block_rows_for(long set, long R, Traffic traffic) const {
+    if (set > 0) return std::min(set, R);
+    if constexpr (!std::is_same_v<Structure, Dense> ||
+                  !Kokkos::SpaceAccessibility<Kokkos::HostSpace, memory_space>::accessible) {
+      (void)traffic;
+      return R;
+    } else {
+      long const q = shape_.q(), Gq = groups * q;
+      bool const folded = injection_folded();
+      long const width = folded ? structure_ops::folded_width(shape_) : 2 * q;
+      BlockTraffic const t = traffic(Gq, q, width, folded);
+      long const rows = std::max<long>(1, block_bytes / (long(sizeof(Scalar)) * t.kept));
+      if (rows >= R || rows * t.moved < 8 * Gq * width) return R;
+      return rows;
     }
   }
 
