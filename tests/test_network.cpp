@@ -542,7 +542,113 @@ void check_blocks(Case const& c, long forward_rows, long backward_rows, trellis:
   }
 }
 
+/// Host GEMMs on `n` threads of a one-thread space for a scope.
+struct SerialGemmThreads {
+  int saved = trellis::blas::serial_gemm_threads();
+  explicit SerialGemmThreads(int n) { trellis::blas::set_serial_gemm_threads(n); }
+  ~SerialGemmThreads() { trellis::blas::set_serial_gemm_threads(saved); }
+  SerialGemmThreads(SerialGemmThreads const&) = delete;
+  SerialGemmThreads& operator=(SerialGemmThreads const&) = delete;
+};
+
+// Backward with its GEMMs overlapped with the fused kernels (Kokkos::Serial, GEMMs on
+// two threads) against the same blocks in sequence: dS is the same, dW sums over the
+// chunks in their order; and again, the same bits whatever the threads' timing.
+template <class Exec, class Scalar, class Tying, class Activation>
+void check_overlap(Case const& c, long backward_rows, trellis::InjectionMode injection, int recompute,
+                   trellis::blas::MathMode math = trellis::blas::MathMode::strict) {
+  auto const what = describe<Scalar, Tying, Activation>(
+      c, injection,
+      "overlapped GEMMs, backward blocks of " + std::to_string(backward_rows) + " rows, recompute interval " +
+          std::to_string(recompute));
+  INFO(what);
+  Exec space;
+  std::mt19937_64 rng(11);
+  trellis::TrellisNetwork<Exec, Scalar, Tying, trellis::Dense, Activation> net(space, c.shape);
+  net.set_injection_mode(injection);
+  net.set_recompute_interval(recompute);
+  net.set_math_mode(math);
+  randomize_parameters(net, rng);
+  auto masks = c.masks ? fixed_masks(net, c.N, rng) : typename decltype(net)::masks_type{};
+  Pass const pass = random_pass(c.shape, c.L, c.N, rng);
+  Pass in_order = pass, overlapped = pass, again = pass;
+  typename decltype(net)::cache_type cache;
+  long const R = c.L * c.N;
+  SerialGemmThreads const two(2);
+  net.set_backward_block_rows(backward_rows);
+  net.set_gemm_overlap(trellis::GemmOverlap::off);
+  CHECK_FALSE(net.backward_overlaps_gemms(R));
+  run_network(net, in_order, masks, true, &cache);
+  std::size_t const in_order_bytes = cache.bytes();
+  net.set_gemm_overlap(trellis::GemmOverlap::on);
+  bool expected = trellis::detail::gemm_overlap_supported && !net.injection_folded() &&
+                  !(std::is_same_v<Scalar, float> && math == trellis::blas::MathMode::bf16 &&
+                    trellis::blas::bf16_tiles_available());
+#if defined(KOKKOS_ENABLE_SERIAL)
+  expected = expected && std::is_same_v<Exec, Kokkos::Serial>;
+#else
+  expected = false;
+#endif
+  CHECK(net.backward_overlaps_gemms(R) == expected);
+  run_network(net, overlapped, masks, true, &cache);
+  // Two blocks' dA when overlapped.
+  if (expected && backward_rows < R) CHECK(cache.bytes() > in_order_bytes);
+  run_network(net, again, masks, true, &cache);
+  double const tol = math == trellis::blas::MathMode::bf16
+                         ? 1e-2
+                         : 64 * epsilon<Scalar>() * (c.shape.q() + c.shape.ninp) * c.shape.nlevels;
+  check_same_pass(overlapped, in_order, tol);
+  check_same_pass(again, overlapped, 0.0);
+  if (math == trellis::blas::MathMode::strict) {
+    double const inner = 2.0 * (c.shape.q() + c.shape.ninp);
+    check_against_naive(net, overlapped, masks, 16 * epsilon<Scalar>() * inner * c.shape.nlevels);
+  }
+  // On one GEMM thread nothing is overlapped.
+  trellis::blas::set_serial_gemm_threads(1);
+  CHECK_FALSE(net.backward_overlaps_gemms(R));
+}
+
 }  // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("backward with its GEMMs overlapped gives the in-order results", Exec, overlapped_gemms) {
+  using trellis::InjectionMode;
+  auto all = cases();
+  for (auto const& c : all) {
+    long const R = c.L * c.N;
+    for (long rows : {1L, 3L, 5L, R - 1, R + 4}) {
+      if (rows < 1) continue;
+      for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
+        check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, injection, 1);
+        check_overlap<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, injection, 1);
+      }
+    }
+  }
+  for (auto const& c : {all[2], all[3]}) {
+    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 3, InjectionMode::separate, 2);
+    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 4, InjectionMode::separate, 1);
+    check_overlap<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 4, InjectionMode::separate, 1,
+                                                                               trellis::blas::MathMode::bf16);
+  }
+  // Automatic: small levels are not overlapped, and a whole level becomes eight blocks.
+  Exec space;
+  trellis::TrellisNetwork<Exec, float> net(space, all[0].shape);
+  CHECK(net.gemm_overlap() == trellis::GemmOverlap::automatic);
+  SerialGemmThreads const two(2);
+  CHECK_FALSE(net.backward_overlaps_gemms(all[0].L * all[0].N));
+  trellis::TrellisShape wide = all[0].shape;
+  wide.nhid = 190, wide.nout = 2, wide.ninp = 64;  // q = 192: the demo's level
+  trellis::TrellisNetwork<Exec, float> demo(space, wide);
+  bool const serial = trellis::detail::gemm_overlap_supported &&
+#if defined(KOKKOS_ENABLE_SERIAL)
+                      std::is_same_v<Exec, Kokkos::Serial>;
+#else
+                      false;
+#endif
+  CHECK(demo.backward_overlaps_gemms(2048) == serial);
+  CHECK((demo.backward_block_rows_for(2048) == 256) == serial);
+  demo.set_gemm_overlap(trellis::GemmOverlap::off);
+  CHECK(demo.backward_block_rows_for(2048) == 2048);
+}
 
 TEST_CASE_TEMPLATE_DEFINE("forward and backward in blocks of rows give the whole-level results", Exec,
                           level_blocks) {
@@ -599,6 +705,7 @@ TEST_CASE_TEMPLATE_DEFINE("forward and backward in blocks of rows give the whole
 
 TEST_CASE_TEMPLATE_APPLY(network_vs_naive, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(level_blocks, trellis::test::Backends);
+TEST_CASE_TEMPLATE_APPLY(overlapped_gemms, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(folded_injection, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(elementwise, trellis::test::Backends);
 TEST_CASE_TEMPLATE_APPLY(network_bf16, trellis::test::Backends);

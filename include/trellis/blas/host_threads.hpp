@@ -8,6 +8,10 @@
 #include <atomic>
 #include <string>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include <trellis/errors.hpp>
 
 namespace trellis::blas {
@@ -42,12 +46,30 @@ inline void set_serial_gemm_threads(int threads) {
 }
 
 /// The threads a host GEMM on `space` runs on: the space's concurrency, or on a
-/// one-thread space serial_gemm_threads() where the build has OpenMP.
+/// one-thread space serial_gemm_threads() where the build has OpenMP, except inside a
+/// parallel region (a GEMM overlapped with other work), where it is the calling thread.
 template <class Exec>
 int host_gemm_threads(Exec const& space) {
   int const own = static_cast<int>(space.concurrency());
   if (own > 1 || !serial_gemm_threads_supported) return own;
+#if defined(_OPENMP)
+  if (omp_in_parallel()) return 1;
+#endif
   return serial_gemm_threads();
 }
+
+namespace detail {
+/// The fence a host GEMM makes first (earlier kernels on the space wrote its operands).
+/// Inside a parallel region on a one-thread space the GEMM is overlapped with the
+/// space's kernels on another thread, whose schedule orders them; Serial's fence would
+/// wait for the kernel running there.
+template <class Exec>
+void fence_before_host_gemm(Exec const& space) {
+#if defined(_OPENMP)
+  if (omp_in_parallel() && space.concurrency() == 1) return;
+#endif
+  space.fence();
+}
+}  // namespace detail
 
 }  // namespace trellis::blas

@@ -30,6 +30,7 @@
 #include <trellis/core/activation.hpp>
 #include <trellis/core/cache.hpp>
 #include <trellis/core/detail/dense_structure.hpp>
+#include <trellis/core/detail/gemm_overlap.hpp>
 #include <trellis/core/detail/injection.hpp>
 #include <trellis/core/detail/level_kernels.hpp>
 #include <trellis/core/detail/recompute_schedule.hpp>
@@ -54,6 +55,12 @@ namespace trellis {
 /// gradient and their per-dilation GEMMs. Results agree to rounding; RnnSparse is
 /// always separate.
 enum class InjectionMode { automatic, separate, folded };
+
+/// Whether backward overlaps a level's GEMMs with its fused kernels on a one-thread
+/// host space whose GEMMs have more threads (TrellisNetwork::backward_overlaps_gemms):
+/// `automatic` where the levels are large enough to pay for it, `on` wherever it can,
+/// `off` never.
+enum class GemmOverlap { automatic, on, off };
 
 template <class ExecutionSpace, class Scalar, class WeightTying = TiedAcrossDepth,
           class Structure = Dense, class Activation = LSTMGating>
@@ -153,8 +160,9 @@ class TrellisNetwork {
 
   /// Rows of a level that backward takes at a time: the fused kernel writes dA and the
   /// history S of one block, and the weight- and data-gradient GEMMs read them while
-  /// they are still in cache; dA is kept for one block only. 0 (the default) chooses:
-  /// blocks sized to the cache on host spaces where the GEMMs stay large enough, whole
+  /// they are still in cache; dA is kept for one block only (two when the GEMMs are
+  /// overlapped). 0 (the default) chooses: blocks sized to the cache on host spaces
+  /// where the GEMMs stay large enough (eight per level at least when overlapped), whole
   /// levels on devices and for RnnSparse. Results agree with whole levels to rounding
   /// (dW sums over blocks). Takes effect at the next forward.
   void set_backward_block_rows(long rows) { block_rows_ = checked_block_rows("set_backward_block_rows", rows); }
@@ -162,10 +170,39 @@ class TrellisNetwork {
   /// The block backward uses for R = length x batch rows (set_backward_block_rows).
   long backward_block_rows_for(long R) const {
     // Per row of a block: its gates read, dA, S and dS. Every block reads and writes dW.
-    return block_rows_for(block_rows_, R, [](long Gq, long q, long width, bool) {
+    long const rows = block_rows_for(block_rows_, R, [](long Gq, long q, long width, bool) {
       return BlockTraffic{2 * Gq + width + 2 * q, 3 * Gq + width};
     });
+    // Overlapped, a whole level would leave the other thread idle: eight blocks.
+    if (block_rows_ == 0 && rows >= R && backward_overlaps_gemms(R)) return std::min(R, ((R + 7) / 8 + 7) / 8 * 8);
+    return rows;
   }
+
+  /// Whether backward runs a level's GEMMs on a second thread while the fused kernels
+  /// run on the space's one (core/detail/gemm_overlap.hpp): on Kokkos::Serial with host
+  /// GEMMs on two or more threads (blas::set_serial_gemm_threads), dense kernels, the
+  /// injection kept apart, GEMMs that launch no kernels of their own (not AMX tiles),
+  /// and levels large enough to pay for it. Results agree with the sequential order to
+  /// rounding, and do not depend on the threads' timing.
+  bool backward_overlaps_gemms(long R) const {
+#if defined(KOKKOS_ENABLE_SERIAL)
+    if constexpr (detail::gemm_overlap_supported && std::is_same_v<Structure, Dense> &&
+                  std::is_same_v<ExecutionSpace, Kokkos::Serial>) {
+      if (overlap_ == GemmOverlap::off || blas::host_gemm_threads(ExecutionSpace()) < 2 || injection_folded())
+        return false;
+      if (std::is_same_v<Scalar, float> && math_ == blas::MathMode::bf16 && blas::bf16_tiles_available()) return false;
+      long const q = shape_.q();
+      return overlap_ == GemmOverlap::on || double(R) * double(groups * q) * double(2 * q) >= overlap_min_multiply_adds;
+    }
+#endif
+    (void)R;
+    return false;
+  }
+  /// Takes effect at the next forward.
+  void set_gemm_overlap(GemmOverlap mode) { overlap_ = mode; }
+  GemmOverlap gemm_overlap() const { return overlap_; }
+  /// A level's hidden GEMM below this many multiply-adds is not overlapped.
+  static constexpr double overlap_min_multiply_adds = double(1L << 26);
 
   /// Rows of a level that forward takes at a time: the hidden GEMM writes one block's
   /// gates and the fused kernel reads them while they are still in cache. 0 (the
@@ -264,7 +301,7 @@ class TrellisNetwork {
 
     structure_ops::begin_backward(space, cache.weights);
     step_type st{space, shape_, params_, &grads_, slots_, math_, cache};
-    long const R = L * N, block = long(cache.d_gates.extent(0));
+    long const R = L * N, block = cache.backward_block;
     detail::LevelGradArgs<Scalar, memory_space> g;
     g.d_out = d_out;
     g.d_h_new = d_h_new;
@@ -284,8 +321,17 @@ class TrellisNetwork {
         g.d_cell_above = dc_above;
         g.d_cell_down = dc_down;
         injection.attach_gradient(st, level, g);
+        bool done = false;
+        if constexpr (std::is_same_v<decltype(injection), detail::SeparateInjection<TrellisNetwork>> &&
+                      std::is_same_v<Structure, Dense>) {
+          // Decided by the forward that sized the cache, and still so.
+          if (cache.overlapped && backward_overlaps_gemms(R)) {
+            overlapped_level_backward(st, injection, level, a, g);
+            done = true;
+          }
+        }
         // Block by block, so that dA and S are still in cache when the GEMMs read them.
-        for (long r0 = 0; r0 < R; r0 += block) {
+        for (long r0 = 0; !done && r0 < R; r0 += block) {
           long const r1 = std::min(R, r0 + block);
           g.d_gates_row = r0;
           detail::level_backward<Activation>(space, a, g, r0, r1);
@@ -345,6 +391,48 @@ class TrellisNetwork {
       forward_level(st, injection, i, a);
     }
     cache.resident_lo = lo, cache.resident_hi = hi;
+  }
+
+  /// A level's backward blocks with their GEMMs overlapped (gemm_overlap.hpp): the fused
+  /// kernel of block k writes its dA into slot k % 2 of the cache's d_gates; each
+  /// block's GEMMs come in two chunks of rows.
+  template <class Injection>
+  void overlapped_level_backward(step_type& st, Injection injection, int level,
+                                 detail::LevelArgs<Scalar, memory_space> const& a,
+                                 detail::LevelGradArgs<Scalar, memory_space> const& g) const {
+    auto& cache = st.cache;
+    long const R = a.L * a.N, block = cache.backward_block, blocks = (R + block - 1) / block;
+    constexpr int chunks = 2;
+    // Everything the two threads share is made here: in the loop, Views are only read.
+    detail::LevelGradArgs<Scalar, memory_space> slot_args[2] = {g, g};
+    matrix slots[2];
+    for (int s = 0; s < 2; ++s) {
+      slots[s] = Kokkos::subview(cache.d_gates, std::make_pair(s * block, (s + 1) * block), Kokkos::ALL);
+      slot_args[s].d_gates = slots[s];
+    }
+    auto const chunk = [&](long k, int c) {
+      long const r0 = k * block, r1 = std::min(R, r0 + block);
+      return std::make_pair(r0 + c * (r1 - r0) / chunks, r0 + (c + 1) * (r1 - r0) / chunks);
+    };
+    auto const dA = [&](long k, std::pair<long, long> rows) {
+      return Kokkos::subview(slots[k % 2], std::make_pair(rows.first - k * block, rows.second - k * block),
+                             Kokkos::ALL);
+    };
+    detail::overlapped_blocks(
+        blocks, chunks,
+        [&](long k) {
+          auto& b = slot_args[k % 2];
+          b.d_gates_row = k * block;
+          detail::level_backward<Activation>(st.space, a, b, k * block, std::min(R, (k + 1) * block));
+        },
+        [&](long k, int c) {
+          auto const rows = chunk(k, c);
+          injection.hidden_weight_backward(st, level, a, dA(k, rows), rows.first, rows.second);
+        },
+        [&](long k, int c) {
+          auto const rows = chunk(k, c);
+          injection.hidden_data_backward(st, level, a, dA(k, rows), rows.first, rows.second);
+        });
   }
 
   /// A level's hidden GEMM and fused forward, block by block, so that the fused kernel
@@ -413,9 +501,14 @@ class TrellisNetwork {
     c.resident_lo = 0, c.resident_hi = -1;
     detail::RecomputeSchedule const schedule{interval_, shape_.nlevels};
     long const block = backward_block_rows_for(R);
+    bool const overlapped = backward_overlaps_gemms(R) && block < R;
+    long const d_gates_rows = (overlapped ? 2 : 1) * block;
     if (c.length == L && c.batch == N && c.schedule.interval == interval_ && c.folded == folded &&
-        c.gates.extent(0) == std::size_t(schedule.slots()) && c.d_gates.extent(0) == std::size_t(block))
+        c.gates.extent(0) == std::size_t(schedule.slots()) && c.d_gates.extent(0) == std::size_t(d_gates_rows) &&
+        c.backward_block == block && c.overlapped == overlapped)
       return;
+    c.backward_block = block;
+    c.overlapped = overlapped;
     c.length = L;
     c.batch = N;
     c.schedule = schedule;
@@ -447,7 +540,7 @@ class TrellisNetwork {
     }
     c.stacked_input = matrix(alloc("stacked_input"), separate, 2 * p);
     c.d_stacked_input = matrix(alloc("d_stacked_input"), separate, 2 * p);
-    c.d_gates = matrix(alloc("d_gates"), block, G * q);
+    c.d_gates = matrix(alloc("d_gates"), d_gates_rows, G * q);
     c.d_cell_a = matrix(alloc("d_cell_a"), Activation::has_cell ? R : 0, q);
     c.d_cell_b = matrix(alloc("d_cell_b"), Activation::has_cell ? R : 0, q);
     c.ones = matrix(alloc("ones"), 1, separate);
@@ -500,6 +593,7 @@ class TrellisNetwork {
   InjectionMode injection_mode_ = InjectionMode::automatic;
   int interval_ = 1;
   long block_rows_ = 0;
+  GemmOverlap overlap_ = GemmOverlap::automatic;
   long forward_rows_ = 0;
 };
 

@@ -20,8 +20,13 @@ void gemm_impl(EigenGemm, Exec const& space, bool trans_a, bool trans_b, Scalar 
   using ConstMap = Eigen::Map<Matrix const, Eigen::Unaligned, Stride>;
   using Map = Eigen::Map<Matrix, Eigen::Unaligned, Stride>;
   if (c.rows == 0 || c.cols == 0) return;
-  space.fence();  // earlier kernels on this space wrote A, B or C
-  Eigen::setNbThreads(trellis::blas::host_gemm_threads(space));
+  trellis::blas::detail::fence_before_host_gemm(space);
+#if defined(_OPENMP)
+  // Inside a parallel region (an overlapped GEMM) Eigen keeps to the calling thread, and
+  // its thread count is a global the other thread reads: leave it as it is.
+  if (!omp_in_parallel())
+#endif
+    Eigen::setNbThreads(trellis::blas::host_gemm_threads(space));
   ConstMap A(a.data, a.rows, a.cols, Stride(a.ld));
   ConstMap B(b.data, b.rows, b.cols, Stride(b.ld));
   Map C(c.data, c.rows, c.cols, Stride(c.ld));

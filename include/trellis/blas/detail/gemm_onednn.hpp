@@ -148,7 +148,7 @@ void gemm_impl(OnednnGemm, Exec const& space, bool trans_a, bool trans_b, float 
                MatrixRef<float const> a, MatrixRef<float const> b, float beta,
                MatrixRef<float> c, std::size_t inner, bool bf16) {
   if (c.rows == 0 || c.cols == 0) return;
-  space.fence();  // earlier kernels on this space wrote A, B or C
+  trellis::blas::detail::fence_before_host_gemm(space);
   int const threads = trellis::blas::host_gemm_threads(space);
   onednn::Key const key{std::int64_t(c.rows), std::int64_t(c.cols), std::int64_t(inner), std::int64_t(a.ld),
                         std::int64_t(b.ld),   std::int64_t(c.ld),   trans_a,  trans_b, bf16, alpha, beta, threads};

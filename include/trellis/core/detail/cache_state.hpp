@@ -43,7 +43,9 @@ struct CacheState {
   // Scratch.
   matrix history, d_history;      // (R, 2q); folded: (R, 2q + 2p + 1 + padding), (R, 2q + 2p)
   matrix stacked_input, d_stacked_input;  // (R, 2 ninp), separate injection only
-  matrix d_gates;                 // (rows of a backward block, G q)
+  matrix d_gates;                 // (rows of a backward block, G q); two blocks' when overlapped
+  long backward_block = 0;        // rows of a backward block
+  bool overlapped = false;        // backward overlaps its GEMMs with the fused kernels
   matrix d_cell_a, d_cell_b;      // (R, q)
   matrix ones;                    // (1, R): bias gradient as a GEMM
   Kokkos::View<Scalar*, Kokkos::LayoutRight, MemorySpace> zero_row, unit_row;  // (q)

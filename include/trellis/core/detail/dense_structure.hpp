@@ -216,7 +216,18 @@ struct StructureOps<Dense, Exec, Scalar> {
   static void hidden_backward(Exec const& space, scratch_type const& c, parameters_type const&,
                               parameters_type const&, int k,
                               DAV const& dA, SV const& S, DSV const& dS, blas::MathMode mode) {
+    hidden_weight_backward(space, c, k, dA, S, mode);
+    hidden_data_backward(space, c, k, dA, dS, mode);
+  }
+  /// The two halves of hidden_backward, for a schedule that runs them apart.
+  template <class DAV, class SV>
+  static void hidden_weight_backward(Exec const& space, scratch_type const& c, int k, DAV const& dA, SV const& S,
+                                     blas::MathMode mode) {
     blas::gemm(space, blas::Op::transpose, blas::Op::none, Scalar(1), dA, S, Scalar(1), kernel(c.d_weight2, k), mode);
+  }
+  template <class DAV, class DSV>
+  static void hidden_data_backward(Exec const& space, scratch_type const& c, int k, DAV const& dA, DSV const& dS,
+                                   blas::MathMode mode) {
     blas::gemm(space, blas::Op::none, blas::Op::none, Scalar(1), dA, kernel(c.weight2, k), Scalar(0), dS, mode);
   }
 

@@ -150,6 +150,32 @@ struct SeparateInjection : InjectionTypes<Net> {
                          Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
   }
 
+  /// hidden_backward's two halves apart, on rows [r0, r1) whose dA is `dA` (row 0 is
+  /// r0): dW += dA^T S, and dS = dA W. For a schedule that overlaps them with the fused
+  /// kernel (gemm_overlap.hpp); dense kernels only.
+  template <class DAV>
+  static void hidden_weight_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, DAV const& dA, long r0,
+                                     long r1) {
+    on_hidden_rows(a, dA, r0, r1, [&](auto const& dA_rows, auto rows) {
+      ops::hidden_weight_backward(st.space, st.cache.weights, st.kernel_of(level), dA_rows,
+                                  Kokkos::subview(st.cache.history, rows, Kokkos::ALL), st.math);
+    });
+  }
+  template <class DAV>
+  static void hidden_data_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, DAV const& dA, long r0,
+                                   long r1) {
+    on_hidden_rows(a, dA, r0, r1, [&](auto const& dA_rows, auto rows) {
+      ops::hidden_data_backward(st.space, st.cache.weights, st.kernel_of(level), dA_rows,
+                                Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
+    });
+  }
+  /// Rows [r0, r1) clipped to the level's hidden rows, and their part of dA.
+  template <class DAV, class Apply>
+  static void on_hidden_rows(LevelArgs<Scalar, Mem> const& a, DAV const& dA, long r0, long r1, Apply const& apply) {
+    long const end = std::min(r1, a.hidden_rows);
+    if (end > r0) apply(Kokkos::subview(dA, std::make_pair(0L, end - r0), Kokkos::ALL), std::make_pair(r0, end));
+  }
+
   static void finish_level_backward(Step&, LevelArgs<Scalar, Mem> const&, typename Step::sequence const&) {}
 
   /// Per slot: dW1 += dU^T Xs, the bias gradient 1^T dU, and dx from dXs = dU W1.
