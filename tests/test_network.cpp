@@ -551,16 +551,17 @@ struct SerialGemmThreads {
   SerialGemmThreads& operator=(SerialGemmThreads const&) = delete;
 };
 
-// Backward with its GEMMs overlapped with the fused kernels (Kokkos::Serial, GEMMs on
-// two threads) against the same blocks in sequence: dS is the same, dW sums over the
-// chunks in their order; and again, the same bits whatever the threads' timing.
+// Forward and backward with their GEMMs overlapped with the fused kernels
+// (Kokkos::Serial, GEMMs on two threads) against the same network in sequence: the
+// gates and dS are the same, dW sums over the chunks in their order; and again, the
+// same bits whatever the threads' timing. forward_rows 0: the overlap's eight blocks.
 template <class Exec, class Scalar, class Tying, class Activation>
-void check_overlap(Case const& c, long backward_rows, trellis::InjectionMode injection, int recompute,
-                   trellis::blas::MathMode math = trellis::blas::MathMode::strict) {
+void check_overlap(Case const& c, long backward_rows, long forward_rows, trellis::InjectionMode injection,
+                   int recompute, trellis::blas::MathMode math = trellis::blas::MathMode::strict) {
   auto const what = describe<Scalar, Tying, Activation>(
       c, injection,
-      "overlapped GEMMs, backward blocks of " + std::to_string(backward_rows) + " rows, recompute interval " +
-          std::to_string(recompute));
+      "overlapped GEMMs, backward blocks of " + std::to_string(backward_rows) + " rows, forward blocks of " +
+          std::to_string(forward_rows) + ", recompute interval " + std::to_string(recompute));
   INFO(what);
   Exec space;
   std::mt19937_64 rng(11);
@@ -576,8 +577,9 @@ void check_overlap(Case const& c, long backward_rows, trellis::InjectionMode inj
   long const R = c.L * c.N;
   SerialGemmThreads const two(2);
   net.set_backward_block_rows(backward_rows);
+  net.set_forward_block_rows(forward_rows);
   net.set_gemm_overlap(trellis::GemmOverlap::off);
-  CHECK_FALSE(net.backward_overlaps_gemms(R));
+  CHECK_FALSE(net.overlaps_gemms(R));
   run_network(net, in_order, masks, true, &cache);
   std::size_t const in_order_bytes = cache.bytes();
   net.set_gemm_overlap(trellis::GemmOverlap::on);
@@ -589,7 +591,7 @@ void check_overlap(Case const& c, long backward_rows, trellis::InjectionMode inj
 #else
   expected = false;
 #endif
-  CHECK(net.backward_overlaps_gemms(R) == expected);
+  CHECK(net.overlaps_gemms(R) == expected);
   run_network(net, overlapped, masks, true, &cache);
   // Two blocks' dA when overlapped.
   if (expected && backward_rows < R) CHECK(cache.bytes() > in_order_bytes);
@@ -605,12 +607,12 @@ void check_overlap(Case const& c, long backward_rows, trellis::InjectionMode inj
   }
   // On one GEMM thread nothing is overlapped.
   trellis::blas::set_serial_gemm_threads(1);
-  CHECK_FALSE(net.backward_overlaps_gemms(R));
+  CHECK_FALSE(net.overlaps_gemms(R));
 }
 
 }  // namespace
 
-TEST_CASE_TEMPLATE_DEFINE("backward with its GEMMs overlapped gives the in-order results", Exec, overlapped_gemms) {
+TEST_CASE_TEMPLATE_DEFINE("forward and backward with their GEMMs overlapped give the in-order results", Exec, overlapped_gemms) {
   using trellis::InjectionMode;
   auto all = cases();
   for (auto const& c : all) {
@@ -618,15 +620,17 @@ TEST_CASE_TEMPLATE_DEFINE("backward with its GEMMs overlapped gives the in-order
     for (long rows : {1L, 3L, 5L, R - 1, R + 4}) {
       if (rows < 1) continue;
       for (auto injection : {InjectionMode::separate, InjectionMode::folded}) {
-        check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, injection, 1);
-        check_overlap<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, injection, 1);
+        check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, rows, 0, injection, 1);
+        check_overlap<Exec, float, trellis::Untied, trellis::LSTMGating>(c, rows, rows, injection, 1);
       }
     }
   }
   for (auto const& c : {all[2], all[3]}) {
-    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 3, InjectionMode::separate, 2);
-    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 4, InjectionMode::separate, 1);
-    check_overlap<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 4, InjectionMode::separate, 1,
+    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 3, 0, InjectionMode::separate, 2);
+    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 3, 2, InjectionMode::separate, 3);
+    check_overlap<Exec, double, trellis::TiedAcrossDepth, trellis::ElementwiseTanh>(c, 4, 0, InjectionMode::separate,
+                                                                                    1);
+    check_overlap<Exec, float, trellis::TiedAcrossDepth, trellis::LSTMGating>(c, 4, 0, InjectionMode::separate, 1,
                                                                                trellis::blas::MathMode::bf16);
   }
   // Automatic: small levels are not overlapped, and a whole level becomes eight blocks.
@@ -634,7 +638,7 @@ TEST_CASE_TEMPLATE_DEFINE("backward with its GEMMs overlapped gives the in-order
   trellis::TrellisNetwork<Exec, float> net(space, all[0].shape);
   CHECK(net.gemm_overlap() == trellis::GemmOverlap::automatic);
   SerialGemmThreads const two(2);
-  CHECK_FALSE(net.backward_overlaps_gemms(all[0].L * all[0].N));
+  CHECK_FALSE(net.overlaps_gemms(all[0].L * all[0].N));
   trellis::TrellisShape wide = all[0].shape;
   wide.nhid = 190, wide.nout = 2, wide.ninp = 64;  // q = 192: the demo's level
   trellis::TrellisNetwork<Exec, float> demo(space, wide);
@@ -644,10 +648,12 @@ TEST_CASE_TEMPLATE_DEFINE("backward with its GEMMs overlapped gives the in-order
 #else
                       false;
 #endif
-  CHECK(demo.backward_overlaps_gemms(2048) == serial);
+  CHECK(demo.overlaps_gemms(2048) == serial);
   CHECK((demo.backward_block_rows_for(2048) == 256) == serial);
+  CHECK((demo.forward_block_rows_for(2048) == 256) == serial);
   demo.set_gemm_overlap(trellis::GemmOverlap::off);
   CHECK(demo.backward_block_rows_for(2048) == 2048);
+  CHECK(demo.forward_block_rows_for(2048) == 2048);
 }
 
 TEST_CASE_TEMPLATE_DEFINE("forward and backward in blocks of rows give the whole-level results", Exec,

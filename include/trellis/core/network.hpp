@@ -56,8 +56,8 @@ namespace trellis {
 /// always separate.
 enum class InjectionMode { automatic, separate, folded };
 
-/// Whether backward overlaps a level's GEMMs with its fused kernels on a one-thread
-/// host space whose GEMMs have more threads (TrellisNetwork::backward_overlaps_gemms):
+/// Whether forward and backward overlap a level's GEMMs with its fused kernels on a
+/// one-thread host space whose GEMMs have more threads (TrellisNetwork::overlaps_gemms):
 /// `automatic` where the levels are large enough to pay for it, `on` wherever it can,
 /// `off` never.
 enum class GemmOverlap { automatic, on, off };
@@ -174,17 +174,17 @@ class TrellisNetwork {
       return BlockTraffic{2 * Gq + width + 2 * q, 3 * Gq + width};
     });
     // Overlapped, a whole level would leave the other thread idle: eight blocks.
-    if (block_rows_ == 0 && rows >= R && backward_overlaps_gemms(R)) return std::min(R, ((R + 7) / 8 + 7) / 8 * 8);
+    if (block_rows_ == 0 && rows >= R && overlaps_gemms(R)) return overlap_block_rows(R);
     return rows;
   }
 
-  /// Whether backward runs a level's GEMMs on a second thread while the fused kernels
-  /// run on the space's one (core/detail/gemm_overlap.hpp): on Kokkos::Serial with host
+  /// Whether forward and backward run a level's GEMMs on a second thread while the fused
+  /// kernels run on the space's one (core/detail/gemm_overlap.hpp): on Kokkos::Serial with host
   /// GEMMs on two or more threads (blas::set_serial_gemm_threads), dense kernels, the
   /// injection kept apart, GEMMs that launch no kernels of their own (not AMX tiles),
   /// and levels large enough to pay for it. Results agree with the sequential order to
   /// rounding, and do not depend on the threads' timing.
-  bool backward_overlaps_gemms(long R) const {
+  bool overlaps_gemms(long R) const {
 #if defined(KOKKOS_ENABLE_SERIAL)
     if constexpr (detail::gemm_overlap_supported && std::is_same_v<Structure, Dense> &&
                   std::is_same_v<ExecutionSpace, Kokkos::Serial>) {
@@ -203,11 +203,14 @@ class TrellisNetwork {
   GemmOverlap gemm_overlap() const { return overlap_; }
   /// A level's hidden GEMM below this many multiply-adds is not overlapped.
   static constexpr double overlap_min_multiply_adds = double(1L << 26);
+  /// An eighth of a level, in whole multiples of eight rows.
+  static long overlap_block_rows(long R) { return std::min(R, ((R + 7) / 8 + 7) / 8 * 8); }
 
   /// Rows of a level that forward takes at a time: the hidden GEMM writes one block's
   /// gates and the fused kernel reads them while they are still in cache. 0 (the
   /// default) chooses: blocks sized to the cache on host spaces where the GEMMs stay
-  /// large enough, whole levels on devices and for RnnSparse. Results agree with whole
+  /// large enough (eight per level at least when overlapped), whole levels on devices
+  /// and for RnnSparse. Results agree with whole
   /// levels to rounding (a GEMM on fewer rows may sum in another order). Takes effect
   /// at the next forward.
   void set_forward_block_rows(long rows) { forward_rows_ = checked_block_rows("set_forward_block_rows", rows); }
@@ -216,9 +219,12 @@ class TrellisNetwork {
   long forward_block_rows_for(long R) const {
     // Per row of a block: the gates written and read, U, S and the cell. Every block
     // reads W again.
-    return block_rows_for(forward_rows_, R, [](long Gq, long q, long width, bool folded) {
+    long const rows = block_rows_for(forward_rows_, R, [](long Gq, long q, long width, bool folded) {
       return BlockTraffic{Gq + (folded ? 0 : Gq) + width + q, Gq + width};
     });
+    // Overlapped, a whole level would leave the other thread idle: eight blocks.
+    if (forward_rows_ == 0 && rows >= R && overlaps_gemms(R)) return overlap_block_rows(R);
+    return rows;
   }
   /// What a block of rows holds, forward or backward, when the network chooses.
   static constexpr long block_bytes = 6L << 20;
@@ -325,7 +331,7 @@ class TrellisNetwork {
         if constexpr (std::is_same_v<decltype(injection), detail::SeparateInjection<TrellisNetwork>> &&
                       std::is_same_v<Structure, Dense>) {
           // Decided by the forward that sized the cache, and still so.
-          if (cache.overlapped && backward_overlaps_gemms(R)) {
+          if (cache.overlapped && overlaps_gemms(R)) {
             overlapped_level_backward(st, injection, level, a, g);
             done = true;
           }
@@ -410,10 +416,7 @@ class TrellisNetwork {
       slots[s] = Kokkos::subview(cache.d_gates, std::make_pair(s * block, (s + 1) * block), Kokkos::ALL);
       slot_args[s].d_gates = slots[s];
     }
-    auto const chunk = [&](long k, int c) {
-      long const r0 = k * block, r1 = std::min(R, r0 + block);
-      return std::make_pair(r0 + c * (r1 - r0) / chunks, r0 + (c + 1) * (r1 - r0) / chunks);
-    };
+    auto const chunk = [&](long k, int c) { return detail::block_chunk(R, block, k, c, chunks); };
     auto const dA = [&](long k, std::pair<long, long> rows) {
       return Kokkos::subview(slots[k % 2], std::make_pair(rows.first - k * block, rows.second - k * block),
                              Kokkos::ALL);
@@ -444,11 +447,33 @@ class TrellisNetwork {
   void forward_level(step_type& st, Injection injection, int level,
                      detail::LevelArgs<Scalar, memory_space> const& a) const {
     long const R = a.L * a.N, block = forward_block_rows_for(R), shift = long(a.d_next) * a.N;
+    auto const fused = [&](long r0, long r1) {
+      if (r0 > 0 && !a.top) detail::shifted_history(st.space, a, r0, std::min(r1, r0 + shift));
+      detail::level_forward<Activation>(st.space, a, r0, r1, r1);
+    };
+    if constexpr (std::is_same_v<Injection, detail::SeparateInjection<TrellisNetwork>> &&
+                  std::is_same_v<Structure, Dense>) {
+      if (block < R && overlaps_gemms(R)) {
+        // Block k's GEMM reads history rows no fused kernel before block k's writes.
+        constexpr int chunks = 2;
+        detail::gemms_ahead(
+            (R + block - 1) / block, chunks,
+            [&](long k, int c) {
+              auto const rows = detail::block_chunk(R, block, k, c, chunks);
+              injection.hidden_gemm(st, level, a, rows.first, rows.second);
+            },
+            [&](long k) {
+              long const r0 = k * block, r1 = std::min(R, r0 + block);
+              injection.hidden_padding(st, a, r0, r1);
+              fused(r0, r1);
+            });
+        return;
+      }
+    }
     for (long r0 = 0; r0 < R; r0 += block) {
       long const r1 = std::min(R, r0 + block);
       injection.hidden(st, level, a, r0, r1);
-      if (r0 > 0 && !a.top) detail::shifted_history(st.space, a, r0, std::min(r1, r0 + shift));
-      detail::level_forward<Activation>(st.space, a, r0, r1, r1);
+      fused(r0, r1);
     }
   }
 
@@ -501,7 +526,7 @@ class TrellisNetwork {
     c.resident_lo = 0, c.resident_hi = -1;
     detail::RecomputeSchedule const schedule{interval_, shape_.nlevels};
     long const block = backward_block_rows_for(R);
-    bool const overlapped = backward_overlaps_gemms(R) && block < R;
+    bool const overlapped = overlaps_gemms(R) && block < R;
     long const d_gates_rows = (overlapped ? 2 : 1) * block;
     if (c.length == L && c.batch == N && c.schedule.interval == interval_ && c.folded == folded &&
         c.gates.extent(0) == std::size_t(schedule.slots()) && c.d_gates.extent(0) == std::size_t(d_gates_rows) &&

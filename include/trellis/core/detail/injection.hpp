@@ -108,14 +108,24 @@ struct SeparateInjection : InjectionTypes<Net> {
 
   /// The hidden GEMM S W^T on rows [r0, r1) of the level.
   static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
+    hidden_gemm(st, level, a, r0, r1);
+    hidden_padding(st, a, r0, r1);
+  }
+  /// hidden's two parts apart, for a schedule that runs the GEMM on another thread
+  /// (gemm_overlap.hpp): the GEMM, and the rows it leaves out (a kernel on the space).
+  static void hidden_gemm(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
     long const split = std::clamp(a.hidden_rows, r0, r1);
-    auto const rows = std::make_pair(r0, split), rest = std::make_pair(split, r1);
+    auto const rows = std::make_pair(r0, split);
     if (split > r0)
       ops::hidden(st.space, st.cache.weights, st.params, st.kernel_of(level),
                   Kokkos::subview(st.cache.history, rows, Kokkos::ALL), Kokkos::subview(a.gates, rows, Kokkos::ALL),
                   st.math);
+  }
+  static void hidden_padding(Step& st, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
+    long const split = std::clamp(a.hidden_rows, r0, r1);
     // Level 1's history is zero past t = d: those rows of S W^T are zero.
-    if (split < r1) Kokkos::deep_copy(st.space, Kokkos::subview(a.gates, rest, Kokkos::ALL), Scalar(0));
+    if (split < r1)
+      Kokkos::deep_copy(st.space, Kokkos::subview(a.gates, std::make_pair(split, r1), Kokkos::ALL), Scalar(0));
   }
 
   /// By backward, the slots hold dU: a recomputed level gets its U again, from the
