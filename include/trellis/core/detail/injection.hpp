@@ -83,12 +83,19 @@ struct InjectionTypes {
   using Mem = typename Net::memory_space;
   using Exec = typename Net::execution_space;
   using ops = typename Net::structure_ops;
+
+  /// Where the rows of [r0, r1) that carry history end: level 1's history is zero
+  /// from t = d on, every other level's nowhere.
+  static long hidden_end(LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
+    return std::clamp(a.hidden_rows, r0, r1);
+  }
 };
 
 template <class Net>
 struct SeparateInjection : InjectionTypes<Net> {
   using typename InjectionTypes<Net>::Step, typename InjectionTypes<Net>::Scalar, typename InjectionTypes<Net>::Mem,
       typename InjectionTypes<Net>::Exec, typename InjectionTypes<Net>::ops;
+  using InjectionTypes<Net>::hidden_end;
 
   /// U of slot s (its dilation and kernel) from the cached input.
   template <class UV>
@@ -114,7 +121,7 @@ struct SeparateInjection : InjectionTypes<Net> {
   /// hidden's two parts apart, for a schedule that runs the GEMM on another thread
   /// (gemm_overlap.hpp): the GEMM, and the rows it leaves out (a kernel on the space).
   static void hidden_gemm(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
-    long const split = std::clamp(a.hidden_rows, r0, r1);
+    long const split = hidden_end(a, r0, r1);
     auto const rows = std::make_pair(r0, split);
     if (split > r0)
       ops::hidden(st.space, st.cache.weights, st.params, st.kernel_of(level),
@@ -122,7 +129,7 @@ struct SeparateInjection : InjectionTypes<Net> {
                   st.math);
   }
   static void hidden_padding(Step& st, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
-    long const split = std::clamp(a.hidden_rows, r0, r1);
+    long const split = hidden_end(a, r0, r1);
     // Level 1's history is zero past t = d: those rows of S W^T are zero.
     if (split < r1)
       Kokkos::deep_copy(st.space, Kokkos::subview(a.gates, std::make_pair(split, r1), Kokkos::ALL), Scalar(0));
@@ -151,13 +158,11 @@ struct SeparateInjection : InjectionTypes<Net> {
   /// On rows [r0, r1), whose dA the cache's d_gates holds: dW += dA^T S and dS = dA W
   /// (level 1: only the rows t < d carry history).
   static void hidden_backward(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1, bool) {
-    long const end = std::min(r1, a.hidden_rows);
-    if (end <= r0) return;
-    auto const rows = std::make_pair(r0, end);
-    ops::hidden_backward(st.space, st.cache.weights, st.params, *st.grads, st.kernel_of(level),
-                         Kokkos::subview(st.cache.d_gates, std::make_pair(0L, end - r0), Kokkos::ALL),
-                         Kokkos::subview(st.cache.history, rows, Kokkos::ALL),
-                         Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
+    on_hidden_rows(a, st.cache.d_gates, r0, r1, [&](auto const& dA_rows, auto rows) {
+      ops::hidden_backward(st.space, st.cache.weights, st.params, *st.grads, st.kernel_of(level), dA_rows,
+                           Kokkos::subview(st.cache.history, rows, Kokkos::ALL),
+                           Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
+    });
   }
 
   /// hidden_backward's two halves apart, on rows [r0, r1) whose dA is `dA` (row 0 is
@@ -179,10 +184,11 @@ struct SeparateInjection : InjectionTypes<Net> {
                                 Kokkos::subview(st.cache.d_history, rows, Kokkos::ALL), st.math);
     });
   }
-  /// Rows [r0, r1) clipped to the level's hidden rows, and their part of dA.
+  /// Rows [r0, r1) clipped to the level's hidden rows, and their part of dA (row 0 is
+  /// r0); nothing when no row of them carries history.
   template <class DAV, class Apply>
   static void on_hidden_rows(LevelArgs<Scalar, Mem> const& a, DAV const& dA, long r0, long r1, Apply const& apply) {
-    long const end = std::min(r1, a.hidden_rows);
+    long const end = hidden_end(a, r0, r1);
     if (end > r0) apply(Kokkos::subview(dA, std::make_pair(0L, end - r0), Kokkos::ALL), std::make_pair(r0, end));
   }
 
@@ -209,6 +215,7 @@ template <class Net>
 struct FoldedInjection : InjectionTypes<Net> {
   using typename InjectionTypes<Net>::Step, typename InjectionTypes<Net>::Scalar, typename InjectionTypes<Net>::Mem,
       typename InjectionTypes<Net>::Exec, typename InjectionTypes<Net>::ops;
+  using InjectionTypes<Net>::hidden_end;
 
   static void begin_forward(Step& st) {
     ops::fold_weights(st.space, st.cache.weights);
@@ -228,7 +235,7 @@ struct FoldedInjection : InjectionTypes<Net> {
   /// The hidden GEMM [S | Xs | 1] W~^T on rows [r0, r1) of the level.
   static void hidden(Step& st, int level, LevelArgs<Scalar, Mem> const& a, long r0, long r1) {
     long const q2 = 2 * st.shape.q(), width = long(st.cache.history.extent(1));
-    long const split = std::clamp(a.hidden_rows, r0, r1);
+    long const split = hidden_end(a, r0, r1);
     auto const rows = std::make_pair(r0, split), rest = std::make_pair(split, r1);
     stack(st, a.d);
     int const k = st.kernel_of(level);
@@ -259,7 +266,7 @@ struct FoldedInjection : InjectionTypes<Net> {
     auto const dA = [&](long from, long until) {
       return Kokkos::subview(c.d_gates, std::make_pair(from - r0, until - r0), Kokkos::ALL);
     };
-    long const split = std::clamp(a.hidden_rows, r0, r1);
+    long const split = hidden_end(a, r0, r1);
     if (split > r0) {
       auto const rows = std::make_pair(r0, split);
       ops::hidden_folded_backward(st.space, c.weights, k, 0, to, dA(r0, split),
