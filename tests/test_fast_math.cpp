@@ -15,7 +15,7 @@ namespace {
 std::vector<float> sample_points() {
   std::vector<float> x;
   for (int i = -20000; i <= 20000; ++i) x.push_back(float(i) * 1e-3f);  // [-20, 20]
-  for (float v : {1e-30f, 1e-8f, 1e-4f, 0.1249f, 0.125f, 0.1251f, 50.f, 87.f, 88.f, 100.f, 1e10f})
+  for (float v : {1e-30f, 1e-8f, 1e-4f, 0.1249f, 0.125f, 0.1251f, 50.f, 87.f, 88.f, 100.f, 3e4f, 1e10f})
     for (float s : {1.f, -1.f}) x.push_back(s * v);
   x.push_back(0.f);
   return x;
@@ -30,7 +30,9 @@ double rel(double got, double want) {
 
 TEST_CASE("float gate functions are within a few ulp of the library's") {
   double worst_exp = 0, worst_sig = 0, worst_tanh = 0;
+  int nan_results = 0;  // std::max would pass over a NaN error
   for (float x : sample_points()) {
+    nan_results += std::isnan(trellis::detail::gate_tanh(x)) + std::isnan(trellis::detail::gate_sigmoid(x));
     if (std::abs(x) <= 87.f) worst_exp = std::max(worst_exp, rel(trellis::detail::exp_float(x), std::exp(double(x))));
     // Below x = -87 the sigmoid is subnormal (under 1e-38): only its absolute error counts.
     if (x >= -87.f) worst_sig = std::max(worst_sig, rel(trellis::detail::gate_sigmoid(x), 1 / (1 + std::exp(-double(x)))));
@@ -46,6 +48,15 @@ TEST_CASE("float gate functions are within a few ulp of the library's") {
   CHECK(std::isinf(trellis::detail::exp_float(1e10f)) == false);
   CHECK(trellis::detail::gate_sigmoid(-1e10f) < 1e-37f);
   CHECK(trellis::detail::gate_sigmoid(1e10f) == 1.f);
+  CHECK(nan_results == 0);
+  // Where the Taylor series overflows (|x| above about 2.9e4) tanh is still +-1.
+  float const inf = std::numeric_limits<float>::infinity();
+  for (float x : {3e4f, 1e10f, std::numeric_limits<float>::max(), inf}) {
+    CHECK(trellis::detail::gate_tanh(x) == 1.f);
+    CHECK(trellis::detail::gate_tanh(-x) == -1.f);
+  }
+  CHECK(trellis::detail::exp_float(inf) == trellis::detail::exp_float(88.f));
+  CHECK(trellis::detail::exp_float(-inf) == 0.f);
   CHECK(std::isnan(trellis::detail::gate_tanh(std::numeric_limits<float>::quiet_NaN())));
   CHECK(std::isnan(trellis::detail::gate_sigmoid(std::numeric_limits<float>::quiet_NaN())));
 }
