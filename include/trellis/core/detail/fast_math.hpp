@@ -40,8 +40,6 @@ KOKKOS_INLINE_FUNCTION float copysign_float(float magnitude, float sign) {
 #endif
 }
 
-inline constexpr std::int32_t sign_bit = std::int32_t(0x80000000u);
-
 /// when ? a : b on float bits, as integer masks. A ternary would let GCC compute only
 /// the chosen side, in a branch; under AVX2 (no mask registers) it then cannot
 /// vectorise the loop, since the side holds conversions it may not speculate.
@@ -53,11 +51,11 @@ KOKKOS_INLINE_FUNCTION float select_bits(bool when, std::int32_t a, std::int32_t
 /// e^x for float: relative error about 2 ulp; 0 below about -87.3 (where e^x is
 /// subnormal), finite up to 88, NaN for NaN.
 KOKKOS_INLINE_FUNCTION float exp_float(float x) {
-  std::int32_t const x_bits = float_to_bits(x);
-  std::int32_t const abs_bits = x_bits & 0x7fffffff;
-  // |x| > 88 (but not NaN): clamp to +-88 (0x42b00000), by a bit mask rather than a
-  // branch (see select_bits).
-  x = select_bits((abs_bits > 0x42b00000) & (abs_bits <= 0x7f800000), (x_bits & sign_bit) | 0x42b00000, x_bits);
+  std::int32_t const abs_bits = float_to_bits(x) & 0x7fffffff;
+  // |x| > 88 (but not NaN): clamp to +-88, by a bit mask rather than a branch (see
+  // select_bits).
+  x = select_bits((abs_bits > 0x42b00000) & (abs_bits <= 0x7f800000), float_to_bits(copysign_float(88.0f, x)),
+                  float_to_bits(x));
   // n = round(x / ln 2); r = x - n ln 2 in two parts so that r is exact.
   float const n = static_cast<float>(static_cast<std::int32_t>(x * 1.44269504088896341f + copysign_float(0.5f, x)));
   float r = x - n * 0.693359375f;
@@ -86,19 +84,17 @@ KOKKOS_INLINE_FUNCTION Scalar gate_sigmoid(Scalar a) {
 template <class Scalar>
 KOKKOS_INLINE_FUNCTION Scalar gate_tanh(Scalar a) {
   if constexpr (std::is_same_v<Scalar, float>) {
-    std::int32_t const bits = float_to_bits(a);
-    std::int32_t const magnitude = bits & 0x7fffffff;
+    std::int32_t const magnitude = float_to_bits(a) & 0x7fffffff;
     float const x = bits_to_float(magnitude);
     // Near 0 (|a| < 1/8) the odd Taylor series keeps the relative error small;
-    // elsewhere tanh x = (1 - e^{-2x}) / (1 + e^{-2x}). Both are >= 0 for x >= 0, so
-    // a's sign bit goes on as is. Selecting rather than blending keeps the series,
-    // infinite for huge x, from turning the result into a NaN.
+    // elsewhere tanh x = (1 - e^{-2x}) / (1 + e^{-2x}). Selecting rather than blending
+    // keeps the series, infinite for huge x, from turning the result into a NaN.
     float const x2 = x * x;
     float const series = x * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * (-0.0539682540f + x2 * 0.0218694885f))));
     float const e = exp_float(-2.0f * x);
     float const rational = (1.0f - e) / (1.0f + e);
     float const r = select_bits(magnitude < 0x3e000000, float_to_bits(series), float_to_bits(rational));
-    return bits_to_float(float_to_bits(r) | (bits & sign_bit));
+    return copysign_float(r, a);
   } else {
     return tanh(a);
   }
