@@ -220,6 +220,13 @@ TEST_CASE("host GEMMs on Serial run on serial_gemm_threads() threads where the b
     check_gemm<Kokkos::Serial, double>(Op::none, op_b, 300, 257, 260, 1.0, 0.5);
     check_gemm<Kokkos::Serial, float>(Op::transpose, op_b, 129, 300, 200, 1.0, 0.0);
   }
+  // bf16 products (AMX tiles or oneDNN) on the same threads: the rounded-operand bound
+  // holds with C split between them.
+  for (Op op_a : {Op::none, Op::transpose})
+    for (Op op_b : {Op::none, Op::transpose}) {
+      check_bf16_gemm<Kokkos::Serial>(op_a, op_b, 100, 70, 300, -2.0f, 0.0f, 0);
+      check_bf16_gemm<Kokkos::Serial>(op_a, op_b, 161, 97, 64, 0.5f, 0.75f, 3);
+    }
   CHECK(Eigen::nbThreads() == (trellis::blas::serial_gemm_threads_supported ? 2 : 1));
   set_serial_gemm_threads(1);
   check_gemm<Kokkos::Serial, double>(Op::none, Op::none, 64, 64, 64, 1.0, 0.0);

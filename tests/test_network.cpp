@@ -583,9 +583,7 @@ void check_overlap(Case const& c, long backward_rows, long forward_rows, trellis
   run_network(net, in_order, masks, true, &cache);
   std::size_t const in_order_bytes = cache.bytes();
   net.set_gemm_overlap(trellis::GemmOverlap::on);
-  bool expected = trellis::detail::gemm_overlap_supported && !net.injection_folded() &&
-                  !(std::is_same_v<Scalar, float> && math == trellis::blas::MathMode::bf16 &&
-                    trellis::blas::bf16_tiles_available());
+  bool expected = trellis::detail::gemm_overlap_supported && !net.injection_folded();
 #if defined(KOKKOS_ENABLE_SERIAL)
   expected = expected && std::is_same_v<Exec, Kokkos::Serial>;
 #else

@@ -181,16 +181,14 @@ class TrellisNetwork {
   /// Whether forward and backward run a level's GEMMs on a second thread while the fused
   /// kernels run on the space's one (core/detail/gemm_overlap.hpp): on Kokkos::Serial with host
   /// GEMMs on two or more threads (blas::set_serial_gemm_threads), dense kernels, the
-  /// injection kept apart, GEMMs that launch no kernels of their own (not AMX tiles),
-  /// and levels large enough to pay for it. Results agree with the sequential order to
-  /// rounding, and do not depend on the threads' timing.
+  /// injection kept apart, and levels large enough to pay for it. Results agree with the
+  /// sequential order to rounding, and do not depend on the threads' timing.
   bool overlaps_gemms(long R) const {
 #if defined(KOKKOS_ENABLE_SERIAL)
     if constexpr (detail::gemm_overlap_supported && std::is_same_v<Structure, Dense> &&
                   std::is_same_v<ExecutionSpace, Kokkos::Serial>) {
       if (overlap_ == GemmOverlap::off || blas::host_gemm_threads(ExecutionSpace()) < 2 || injection_folded())
         return false;
-      if (std::is_same_v<Scalar, float> && math_ == blas::MathMode::bf16 && blas::bf16_tiles_available()) return false;
       long const q = shape_.q();
       return overlap_ == GemmOverlap::on || double(R) * double(groups * q) * double(2 * q) >= overlap_min_multiply_adds;
     }

@@ -10,7 +10,7 @@
 // 32 x 32 blocks of C over the whole k range and applies alpha and beta on the way out.
 // Only built by GCC and Clang for x86-64, and not seen by nvcc; elsewhere, and on CPUs
 // or kernels without AMX, amx_available() is false and the caller keeps fp32.
-#include <Kokkos_Core.hpp>
+#include <algorithm>
 
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +18,7 @@
 #include <new>
 
 #include <trellis/blas/detail/matrix_ref.hpp>
+#include <trellis/blas/host_threads.hpp>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
     !defined(__NVCOMPILER) && defined(__linux__)
@@ -207,6 +208,21 @@ TRELLIS_AMX_TARGET inline void configure_tiles() {
 
 TRELLIS_AMX_TARGET inline void release_tiles() { _tile_release(); }
 
+/// f(i) for i in [0, count) on `threads` OpenMP threads, each taking one contiguous run
+/// (so a thread's rows of A stay in its cache), or in order on the calling thread.
+template <class F>
+void on_host_threads(int threads, std::int64_t count, F const& f) {
+#if defined(_OPENMP)
+  if (threads > 1 && count > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t i = 0; i < count; ++i) f(i);
+    return;
+  }
+#endif
+  (void)threads;
+  for (std::int64_t i = 0; i < count; ++i) f(i);
+}
+
 }  // namespace amx
 
 /// True where this process may run the AMX-BF16 kernel (checked once).
@@ -215,6 +231,10 @@ inline bool amx_available() {
   return ok;
 }
 
+// Runs on the host GEMM threads (blas::host_gemm_threads), not through the space's
+// kernels: on Kokkos::Serial the tiles then use every core the GEMMs are given, and a
+// GEMM overlapped with the space's fused kernels (on the one thread inside the region)
+// launches nothing there.
 template <class Exec>
 void gemm_impl(AmxGemm, Exec const& space, bool trans_a, bool trans_b, float alpha,
                MatrixRef<float const> a, MatrixRef<float const> b, float beta,
@@ -229,36 +249,31 @@ void gemm_impl(AmxGemm, Exec const& space, bool trans_a, bool trans_b, float alp
   thread_local amx::AlignedWorkspace workspace;
   std::uint16_t* const pa = workspace.get((a_tiles + b_tiles) * 512);
   std::uint16_t* const pb = pa + a_tiles * 512;
-  space.fence();  // earlier kernels on this space wrote A, B or C
-  using policy = Kokkos::RangePolicy<Exec, Kokkos::IndexType<std::int64_t>>;
+  trellis::blas::detail::fence_before_host_gemm(space);
+  int const threads = trellis::blas::host_gemm_threads(space);
   // op(A)(i, k) has k adjacent in memory unless A is transposed; op(B)(k, j) has k
   // adjacent only when B is transposed.
-  Kokkos::parallel_for(
-      "trellis::blas::gemm[amx pack]", policy(space, 0, std::int64_t(a_tiles + b_tiles)),
-      [=](std::int64_t t) {
-        bool const is_a = std::size_t(t) < a_tiles;
-        std::size_t const local = is_a ? std::size_t(t) : std::size_t(t) - a_tiles;
-        std::size_t const r = local / kt, kc = local % kt;
-        auto* tile = reinterpret_cast<std::uint32_t*>((is_a ? pa : pb) + local * 512);
-        if (is_a)
-          amx::pack_tile(a, !trans_a, true, m, inner, r, kc, tile);
-        else
-          amx::pack_tile(b, trans_b, false, n, inner, r, kc, tile);
-      });
-  space.fence();
+  amx::on_host_threads(threads, std::int64_t(a_tiles + b_tiles), [=](std::int64_t t) {
+    bool const is_a = std::size_t(t) < a_tiles;
+    std::size_t const local = is_a ? std::size_t(t) : std::size_t(t) - a_tiles;
+    std::size_t const r = local / kt, kc = local % kt;
+    auto* tile = reinterpret_cast<std::uint32_t*>((is_a ? pa : pb) + local * 512);
+    if (is_a)
+      amx::pack_tile(a, !trans_a, true, m, inner, r, kc, tile);
+    else
+      amx::pack_tile(b, trans_b, false, n, inner, r, kc, tile);
+  });
   // Threads take contiguous runs of blocks, row-block major, so a thread's 32 rows of A
   // stay in L1 while it sweeps B.
   std::int64_t const blocks = std::int64_t(mb * nb);
-  std::int64_t const chunks = std::min<std::int64_t>(blocks, std::max(1, space.concurrency()));
-  Kokkos::parallel_for(
-      "trellis::blas::gemm[amx tiles]", policy(space, 0, chunks), [=](std::int64_t w) {
-        std::int64_t const begin = blocks * w / chunks, end = blocks * (w + 1) / chunks;
-        amx::configure_tiles();
-        for (std::int64_t blk = begin; blk < end; ++blk)
-          amx::multiply_block(pa, pb, kt, std::size_t(blk) / nb, std::size_t(blk) % nb, alpha, beta, c);
-        amx::release_tiles();
-      });
-  space.fence();
+  std::int64_t const chunks = std::min<std::int64_t>(blocks, threads);
+  amx::on_host_threads(threads, chunks, [=](std::int64_t w) {
+    std::int64_t const begin = blocks * w / chunks, end = blocks * (w + 1) / chunks;
+    amx::configure_tiles();
+    for (std::int64_t blk = begin; blk < end; ++blk)
+      amx::multiply_block(pa, pb, kt, std::size_t(blk) / nb, std::size_t(blk) % nb, alpha, beta, c);
+    amx::release_tiles();
+  });
 }
 
 #else
